@@ -1,0 +1,100 @@
+"""What a space file declares besides its hyperparameters: its data and its search.
+
+    from search import Data, Search
+
+    data = Data("~/datasets/celeb.zip", hint="kaggle datasets download ...")
+    search = Search(algorithm="bayesian", max_trials=30, epochs=45, early_stopping=5)
+
+    def hyperparameters(hp):
+        hp.Choice("backbone", ["DenseNet121", "DenseNet201", "ResNet50"])
+        ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from search.errors import SpaceError, did_you_mean
+
+LAYOUTS = ("auto", "split_folders", "folders", "tfrecord")
+ALGORITHMS = ("random", "grid", "bayesian", "hyperband", "tpe", "cmaes", "gp", "nsga2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """Where the images are and how they are laid out.
+
+    Layouts (``auto`` picks one from what is on disk; a ``.zip`` is read as the folder it holds):
+      - ``split_folders``: ``train/<class>/*`` and ``val/<class>/*`` (optionally ``test/``);
+      - ``folders``: ``<class>/*``, split into train/val by ``val_fraction`` (stratified, seeded);
+      - ``tfrecord``: Petals-to-the-Metal records (``image`` JPEG bytes, ``class`` int64;
+        test records carry ``id``), found by the ``train``/``val``/``test`` globs.
+    """
+
+    path: str | None = None
+    layout: str = "auto"
+    val_fraction: float = 0.2
+    # Sub-folder names (split_folders) or globs relative to `path` (tfrecord).
+    train: str = "train"
+    val: str = "val"
+    test: str | None = "test"
+    # TFRecords store integer labels only; names make predictions and reports readable.
+    class_names: Sequence[str] | None = None
+    # Keep decoded, resized images in memory across epochs and trials when they fit.
+    cache: bool = True
+    # Shown when the data is missing: where to get it, how to pass it with --data.
+    hint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise SpaceError(
+                f"Data(layout={self.layout!r}) is not a layout.{did_you_mean(self.layout, LAYOUTS)} "
+                f"Use one of {', '.join(LAYOUTS)}."
+            )
+        if not 0.0 < self.val_fraction < 1.0:
+            raise SpaceError(f"Data(val_fraction={self.val_fraction!r}) must be in (0, 1), e.g. 0.2.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """How to search: algorithm, objective, budget and stopping."""
+
+    algorithm: str = "random"
+    objective: str = "val_accuracy"
+    max_trials: int = 10
+    epochs: int = 10
+    # Stop a trial after this many epochs without improvement of the objective (None: never).
+    early_stopping: int | None = None
+    # Cap the steps of each epoch (None: the whole training split). Smoke runs use a few.
+    steps_per_epoch: int | None = None
+    seed: int = 0
+    # "all" keeps every trial's model (needed for ensembles), "best" only the best so far.
+    keep_models: str = "all"
+    mixed_precision: bool = False
+    # Second objective for a multi-objective (Pareto) search: "params", "size_mb" or "latency_ms".
+    minimize: str | None = None
+    # Extra keyword arguments for the algorithm (e.g. hyperband's factor, a sampler's options).
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise SpaceError(
+                f"Search(algorithm={self.algorithm!r}) is not an algorithm."
+                f"{did_you_mean(self.algorithm, ALGORITHMS)} Use one of {', '.join(ALGORITHMS)}."
+            )
+        for name in ("max_trials", "epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise SpaceError(f"Search({name}={value!r}) must be a whole number >= 1.")
+        if self.early_stopping is not None and self.early_stopping < 1:
+            raise SpaceError(f"Search(early_stopping={self.early_stopping!r}) must be >= 1 or None.")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise SpaceError(f"Search(steps_per_epoch={self.steps_per_epoch!r}) must be >= 1 or None.")
+        if self.keep_models not in ("all", "best"):
+            raise SpaceError(f"Search(keep_models={self.keep_models!r}) must be 'all' or 'best'.")
+        if self.minimize not in (None, "params", "size_mb", "latency_ms"):
+            raise SpaceError(
+                f"Search(minimize={self.minimize!r}) must be None, 'params', 'size_mb' or 'latency_ms'."
+            )

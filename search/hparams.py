@@ -1,0 +1,147 @@
+"""The hyperparameters a space may declare, their defaults and their valid values.
+
+A space file declares some of these names with Keras Tuner's `hp`; every name it leaves
+out takes the default below. `TrialConfig` is the resolved set of values for one trial and
+is all that `models`, `data` and `schedules` ever see.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from search.errors import SpaceError, did_you_mean
+
+FINE_TUNE_MODES = ("all", "frozen", "top")
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+SCHEDULES = ("constant", "warmup_exp", "step", "cosine")
+AUGMENTATIONS = ("none", "faces", "flowers")
+POOLINGS = ("avg", "max")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialConfig:
+    """Every value that defines one trial's model and training."""
+
+    backbone: str = "MobileNetV2"
+    # "imagenet", "none", or a path to a local weights file (e.g. the report's notop .h5).
+    weights: str = "imagenet"
+    # "all" trains everything, "frozen" trains the head only, "top" the last N layers.
+    fine_tune: str = "all"
+    fine_tune_layers: int = 20
+    image_size: int = 224
+    # Per replica; the global batch is this times the number of replicas.
+    batch_size: int = 16
+    pooling: str = "avg"
+    head_batchnorm: bool = False
+    # Dense layers between pooling and the softmax; each one half as wide as the last
+    # (the report's ResNet50 head: 2048 then 1024).
+    head_layers: int = 1
+    head_width: int = 512
+    dropout: float = 0.2
+    optimizer: str = "adam"
+    # The peak rate: LR_MAX of the warmup schedule (scaled by replicas), the first step
+    # of the step schedule, the constant rate otherwise.
+    learning_rate: float = 1e-4
+    schedule: str = "constant"
+    augmentation: str = "none"
+    label_smoothing: float = 0.0
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> TrialConfig:
+        """Build a config from hp values, ignoring Keras Tuner's own `tuner/*` entries."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in values.items() if k in known}
+        config = cls(**kwargs)
+        for name in kwargs:
+            check_value(name, getattr(config, name))
+        return config
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialConfig))
+DEFAULTS: dict[str, Any] = TrialConfig().as_dict()
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value in options:
+            return None
+        return f"must be one of {', '.join(options)}, got {value!r}.{did_you_mean(str(value), options)}"
+
+    return check
+
+
+def _number(low: float, high: float, *, high_open: bool = False, integer: bool = False):
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be a number, got {value!r}"
+        if integer and int(value) != value:
+            return f"must be a whole number, got {value!r}"
+        upper_ok = value < high if high_open else value <= high
+        if not (low <= value and upper_ok):
+            bracket = ")" if high_open else "]"
+            return f"must be in [{low}, {high}{bracket}, got {value!r}"
+        return None
+
+    return check
+
+
+def _backbone(value: Any) -> str | None:
+    from search.models import BACKBONES  # models imports keras; only needed when checking
+
+    if value in BACKBONES:
+        return None
+    return (
+        f"{value!r} is not a known backbone.{did_you_mean(str(value), BACKBONES)} "
+        f"Known: {', '.join(BACKBONES)}"
+    )
+
+
+def _weights(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return f"must be 'imagenet', 'none' or a path to a weights file, got {value!r}"
+    return None
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else f"must be True or False, got {value!r}"
+
+
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "backbone": _backbone,
+    "weights": _weights,
+    "fine_tune": _one_of(FINE_TUNE_MODES),
+    "fine_tune_layers": _number(1, 10_000, integer=True),
+    "image_size": _number(32, 1024, integer=True),
+    "batch_size": _number(1, 4096, integer=True),
+    "pooling": _one_of(POOLINGS),
+    "head_batchnorm": _boolean,
+    "head_layers": _number(0, 8, integer=True),
+    "head_width": _number(1, 65_536, integer=True),
+    "dropout": _number(0.0, 1.0, high_open=True),
+    "optimizer": _one_of(OPTIMIZERS),
+    "learning_rate": _number(1e-9, 10.0),
+    "schedule": _one_of(SCHEDULES),
+    "augmentation": _one_of(AUGMENTATIONS),
+    "label_smoothing": _number(0.0, 1.0, high_open=True),
+}
+
+
+def check_name(name: str) -> None:
+    if name not in NAMES:
+        raise SpaceError(
+            f"unknown hyperparameter {name!r}.{did_you_mean(name, NAMES)} "
+            f"Known: {', '.join(NAMES)}"
+        )
+
+
+def check_value(name: str, value: Any) -> None:
+    """Raise SpaceError naming the hyperparameter if `value` is not valid for it."""
+    check_name(name)
+    problem = CHECKS[name](value)
+    if problem:
+        raise SpaceError(f"hyperparameter {name!r}: {problem}")
