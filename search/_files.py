@@ -1,0 +1,116 @@
+"""Image files on disk: finding them in class folders, and checking once that they decode.
+
+The check result is kept in runs/.data/checks/<hash of the root>.json, keyed by each file's
+path, size and mtime, so reopening a dataset does not decode it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import tensorflow as tf
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+def is_visible(path: Path) -> bool:
+    """False for hidden entries and macOS zip debris (.DS_Store, ._x.jpg, __MACOSX/)."""
+    return not path.name.startswith((".", "__"))
+
+
+def image_files(folder: Path, *, recursive: bool = True) -> list[Path]:
+    """Image files in `folder` (and its sub-folders), sorted; other files are ignored."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if is_visible(Path(d))) if recursive else []
+        found += [
+            Path(dirpath) / name
+            for name in filenames
+            if is_visible(Path(name)) and name.lower().endswith(IMAGE_SUFFIXES)
+        ]
+    return sorted(found)
+
+
+def class_folders(folder: Path) -> dict[str, list[Path]]:
+    """{class name: its image files} for each visible sub-folder, in name order."""
+    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and is_visible(d))
+    return {d.name: image_files(d) for d in subdirs}
+
+
+def content_hash(root: Path, files: list[tuple[Path, int]]) -> str:
+    """A cheap fingerprint of the file set: relative names and sizes, not contents."""
+    digest = hashlib.sha256()
+    for path, size in sorted((_relative(p, root), s) for p, s in files):
+        digest.update(f"{path}\t{size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def checks_file(root: Path, runs_dir: Path) -> Path:
+    tag = hashlib.sha1(str(root).encode()).hexdigest()[:16]
+    return runs_dir / ".data" / "checks" / f"{tag}.json"
+
+
+def _reason(error: tf.errors.OpError) -> str:
+    # TF prefixes "{{function_node ...}}" and suffixes " [Op:DecodeImage]": keep the middle.
+    message = re.sub(r"\{\{.*?\}\}\s*", "", error.message)
+    return re.sub(r"\s*\[Op:\w+\].*$", "", message).strip() or type(error).__name__
+
+
+def _decode(path: Path) -> str | None:
+    try:
+        tf.io.decode_image(path.read_bytes(), channels=3, expand_animations=False)
+    except tf.errors.OpError as e:
+        return _reason(e)
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    return None
+
+
+def check_images(files: list[Path], root: Path, known: dict) -> tuple[dict[Path, str], dict]:
+    """Decode each file not already in `known`; return ({bad file: reason}, updated entries)."""
+    entries: dict[str, list] = {}
+    todo: list[tuple[str, Path, list]] = []
+    for path in files:
+        stat = path.stat()
+        key = _relative(path, root)
+        cached = known.get(key)
+        if cached and cached[:2] == [stat.st_size, stat.st_mtime_ns]:
+            entries[key] = cached
+        else:
+            todo.append((key, path, [stat.st_size, stat.st_mtime_ns]))
+    if todo:
+        with ThreadPoolExecutor(max_workers=min(16, 2 * (os.cpu_count() or 1))) as pool:
+            reasons = pool.map(_decode, [path for _, path, _ in todo], chunksize=64)
+            for (key, _, stamp), reason in zip(todo, reasons):
+                entries[key] = [*stamp, reason]
+    bad = {path: entries[_relative(path, root)][2] for path in files}
+    return {path: reason for path, reason in bad.items() if reason}, entries
+
+
+def load_checks(path: Path) -> dict:
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def save_checks(path: Path, entries: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(entries, f)
+    os.replace(tmp, path)

@@ -1,0 +1,121 @@
+"""TFRecords in the Petals-to-the-Metal schema: finding the files, counting, parsing.
+
+Labelled records hold ``image`` (JPEG bytes) and ``class`` (int64); test records hold
+``image`` and ``id`` (bytes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from search.errors import DataError
+
+SUFFIXES = (".tfrec", ".tfrecord")
+
+
+@dataclasses.dataclass
+class Records:
+    files: list[Path]
+    labelled: bool
+    count: int
+    labels: np.ndarray  # int labels in file order (empty when unlabelled)
+
+
+def has_records(root: Path, depth: int = 4) -> bool:
+    """Whether any *.tfrec(ord) file lies within `depth` levels under root."""
+    level = [root]
+    for _ in range(depth):
+        next_level = []
+        for folder in level:
+            for entry in folder.iterdir():
+                if entry.is_file() and entry.suffix.lower() in SUFFIXES:
+                    return True
+                if entry.is_dir() and not entry.name.startswith((".", "__")):
+                    next_level.append(entry)
+        level = next_level
+    return False
+
+
+def _patterns(glob: str) -> tuple[list[str], bool]:
+    """The globs to try for a split setting, and whether they are our own guesses."""
+    if any(c in glob for c in "*?[") or glob.lower().endswith(SUFFIXES):
+        return [glob], False
+    # A plain name like "train": the Kaggle layout puts it under a resolution folder.
+    tried = [f"{glob}/*{s}" for s in SUFFIXES] + [f"**/{glob}/*{s}" for s in SUFFIXES]
+    return tried, True
+
+
+def find(root: Path, glob: str, split: str, *, required: bool) -> list[Path]:
+    """The record files of one split; [] when an optional split matches nothing."""
+    patterns, guessed = _patterns(glob)
+    for pattern in patterns:
+        files = sorted(p for p in root.glob(pattern) if p.is_file())
+        if not files:
+            continue
+        folders = sorted({str(p.parent.relative_to(root)) for p in files})
+        if guessed and len(folders) > 1:
+            example = f"{folders[-1]}/*{files[-1].suffix}"
+            raise DataError(
+                f"TFRecords for {split} are in {len(folders)} folders under {root} "
+                f"({', '.join(folders)}); pick one with Data({split}={example!r}) (and the same "
+                f"folder for the other splits)."
+            )
+        return files
+    if required or not guessed:
+        raise DataError(
+            f"no TFRecord files match Data({split}={glob!r}) under {root} (tried "
+            f"{', '.join(patterns)}). Set Data({split}=...) to a glob relative to the data folder, "
+            f"e.g. 'tfrecords-jpeg-331x331/{split}/*.tfrec'."
+        )
+    return []
+
+
+def scan(files: list[Path], split: str) -> Records:
+    """Read every record once: count them and collect their labels."""
+    raw = tf.data.TFRecordDataset([str(f) for f in files])
+    try:
+        first = next(iter(raw.take(1)), None)
+        if first is None:
+            raise DataError(f"the {split} TFRecord files ({files[0].parent}) hold no records.")
+        keys = set(tf.train.Example.FromString(first.numpy()).features.feature)
+        if "image" not in keys or not keys & {"class", "id"}:
+            raise DataError(
+                f"{split} records in {files[0]} have features {sorted(keys)}; expected 'image' "
+                f"(JPEG bytes) with 'class' (int64) or, for test records, 'id' (bytes)."
+            )
+        labelled = "class" in keys
+        key = "class" if labelled else "id"
+        spec = {key: tf.io.FixedLenFeature([], tf.int64 if labelled else tf.string)}
+        parts, count = [], 0
+        for batch in raw.batch(4096).map(lambda r: tf.io.parse_example(r, spec)[key]):
+            count += int(batch.shape[0])
+            if labelled:
+                parts.append(batch.numpy())
+    except tf.errors.OpError as e:
+        raise DataError(
+            f"the {split} TFRecord files under {files[0].parent} cannot be read ({e.message.strip()}); "
+            f"re-download or re-create them."
+        ) from None
+    labels = np.concatenate(parts).astype(np.int32) if parts else np.zeros([0], np.int32)
+    return Records(files, labelled, count, labels)
+
+
+def records(found: Records) -> tf.data.Dataset:
+    """(JPEG bytes, int32 label or string id) in file order."""
+    key = "class" if found.labelled else "id"
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        key: tf.io.FixedLenFeature([], tf.int64 if found.labelled else tf.string),
+    }
+
+    def parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        example = tf.io.parse_single_example(record, spec)
+        target = tf.cast(example[key], tf.int32) if found.labelled else example[key]
+        return example["image"], target
+
+    raw = tf.data.TFRecordDataset([str(f) for f in found.files])
+    return raw.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

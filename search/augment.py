@@ -1,0 +1,127 @@
+"""Augmentation policies from the report, as Keras preprocessing layers.
+
+They run in the input pipeline on float batches of raw 0..255 pixels, after batching and
+caching, so every epoch sees fresh draws of the cached images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from search.errors import DataError, did_you_mean
+
+POLICIES = ("none", "faces", "flowers")
+
+
+@keras.saving.register_keras_serializable(package="search")
+class RandomRot90Transpose(keras.layers.Layer):
+    """Per image: rotate by 90, 180 or 270 degrees (each with `rot_prob`), then transpose
+    with `transpose_prob`. Square images only; a no-op unless training."""
+
+    def __init__(
+        self,
+        rot_prob: float = 0.2,
+        transpose_prob: float = 0.25,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.rot_prob = rot_prob
+        self.transpose_prob = transpose_prob
+        self.seed = seed
+        self.supports_masking = True
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        if not training:
+            return inputs
+        images = tf.convert_to_tensor(inputs)
+        batch = tf.shape(images)[0]
+        # One draw picks k: [0, p) -> 1, [p, 2p) -> 2, [2p, 3p) -> 3, else 0 (the report's scheme).
+        draw = tf.random.uniform([batch], seed=self.seed)
+        k = tf.where(draw < 3 * self.rot_prob, tf.cast(draw // self.rot_prob, tf.int32) + 1, 0)
+        k = tf.minimum(k, 3)
+        candidates = tf.stack([tf.image.rot90(images, i) for i in range(4)])  # [4, B, H, W, C]
+        rotated = tf.gather(tf.transpose(candidates, [1, 0, 2, 3, 4]), k, batch_dims=1)
+        flip = tf.random.uniform([batch], seed=None if self.seed is None else self.seed + 1)
+        transposed = tf.transpose(rotated, [0, 2, 1, 3])
+        mask = tf.reshape(flip < self.transpose_prob, [-1, 1, 1, 1])
+        return tf.where(mask, transposed, rotated)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "rot_prob": self.rot_prob,
+            "transpose_prob": self.transpose_prob,
+            "seed": self.seed,
+        }
+
+
+@keras.saving.register_keras_serializable(package="search")
+class RandomUpscaleCrop(keras.layers.Layer):
+    """Per image: nearest-neighbour resize to `upscaled` squares, then a random `size` crop.
+    A no-op unless training, so the output always has the input's size."""
+
+    def __init__(self, size: int, upscaled: int, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.size = size
+        self.upscaled = upscaled
+        self.seed = seed
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        if not training:
+            return inputs
+        images = tf.image.resize(inputs, [self.upscaled, self.upscaled], method="nearest")
+        crop = [self.size, self.size, images.shape[-1] or 3]
+        return tf.map_fn(
+            lambda image: tf.image.random_crop(image, crop, seed=self.seed),
+            images,
+            fn_output_signature=tf.TensorSpec([self.size, self.size, crop[2]], images.dtype),
+        )
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "size": self.size, "upscaled": self.upscaled, "seed": self.seed}
+
+
+def _seed(seed: int | None, offset: int) -> int | None:
+    return None if seed is None else seed + offset
+
+
+def augmentation(policy: str, image_size: int, seed: int | None = None) -> keras.Sequential | None:
+    """Return the policy's layers for float 0..255 batches of `image_size` squares (None for "none").
+
+    Call the result with ``training=True``: it is meant for the input pipeline, not the model.
+    """
+    if policy not in POLICIES:
+        raise DataError(
+            f"augmentation {policy!r} is not a policy.{did_you_mean(policy, POLICIES)} "
+            f"Use one of {', '.join(POLICIES)}."
+        )
+    if policy == "none":
+        return None
+    shape = (image_size, image_size, 3)
+    if policy == "faces":
+        # ImageDataGenerator's settings from the report; faces are never flipped upside down.
+        layers = [
+            keras.layers.RandomRotation(10 / 360, fill_mode="nearest", seed=_seed(seed, 0)),
+            keras.layers.RandomZoom(0.1, fill_mode="nearest", seed=_seed(seed, 1)),
+            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=_seed(seed, 2)),
+            keras.layers.RandomFlip("horizontal", seed=_seed(seed, 3)),
+        ]
+    else:
+        # The report resizes to 331*30 before cropping 331, surely meant 331+30: ~9% zoom.
+        upscaled = image_size + max(2, round(image_size * 30 / 331))
+        layers = [
+            RandomUpscaleCrop(image_size, upscaled, seed=_seed(seed, 0)),
+            RandomRot90Transpose(0.2, 0.25, seed=_seed(seed, 1)),
+            keras.layers.RandomFlip("horizontal_and_vertical", seed=_seed(seed, 2)),
+        ]
+    return keras.Sequential([keras.Input(shape), *layers], name=f"augment_{policy}")

@@ -1,0 +1,460 @@
+"""Datasets on disk (class folders, a Kaggle zip, TFRecords, builtins) -> tf.data pipelines.
+
+`open_data` finds and checks everything once, up front, and raises `DataError` with one
+line naming the problem and the fix; `ImageData.dataset` then builds the pipelines every
+trial uses, caching decoded images in memory so later trials skip decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from search import _builtin, _tfrecord
+from search._files import (
+    check_images,
+    checks_file,
+    class_folders,
+    content_hash,
+    image_files,
+    is_visible,
+    load_checks,
+    save_checks,
+)
+from search.augment import augmentation as make_augmentation
+from search.declare import Data
+from search.errors import DataError, did_you_mean
+
+log = logging.getLogger("search")
+
+SPLITS = ("train", "val", "test")
+# Shuffle buffers (of uint8 pixels) stay under this; beyond it the source order is pre-mixed.
+_SHUFFLE_BYTES = 512 * 2**20
+
+
+@dataclasses.dataclass
+class _Split:
+    files: list[Path]  # image files, or TFRecord files when `records` is set
+    targets: np.ndarray  # int32 labels, or the string ids of an unlabelled split
+    labelled: bool
+    records: _tfrecord.Records | None = None
+
+    @property
+    def count(self) -> int:
+        return self.records.count if self.records else len(self.files)
+
+
+class ImageData:
+    """An opened dataset: class names, split sizes, and tf.data pipelines over them."""
+
+    def __init__(
+        self,
+        *,
+        layout: str,
+        root: Path,
+        class_names: list[str],
+        splits: dict[str, _Split],
+        skipped: list[tuple[str, str]],
+        cache: bool,
+    ) -> None:
+        self.layout = layout
+        self.root = root
+        self.class_names = class_names
+        self.num_classes = len(class_names)
+        self.skipped = skipped
+        self._splits = splits
+        self._cache_enabled = cache
+        self._cached: dict[tuple[str, int], tf.data.Dataset] = {}
+        hashed = [(f, f.stat().st_size) for s in splits.values() for f in s.files]
+        self.fingerprint: dict = {
+            "layout": layout,
+            "root": str(root),
+            "classes": list(class_names),
+            "num_classes": self.num_classes,
+            "counts": {name: split.count for name, split in splits.items()},
+            "labelled": {name: split.labelled for name, split in splits.items()},
+            "skipped": len(skipped),
+            "content_hash": content_hash(root, hashed),
+        }
+
+    def has_split(self, split: str) -> bool:
+        """Whether the dataset has this split ("train", "val" or "test")."""
+        return split in self._splits
+
+    def count(self, split: str) -> int:
+        """Number of images in a split (0 when the split is absent)."""
+        return self._splits[split].count if split in self._splits else 0
+
+    def labels(self, split: str) -> np.ndarray:
+        """Integer labels in the order `dataset(split, shuffle=False)` yields them."""
+        part = self._split(split)
+        if not part.labelled:
+            raise DataError(f"the {split} split has no labels (it yields image ids instead).")
+        return part.targets.copy()
+
+    def dataset(
+        self,
+        split: str,
+        image_size: int,
+        batch_size: int,
+        *,
+        augmentation: str = "none",
+        shuffle: bool = False,
+        seed: int = 0,
+        repeat: bool = False,
+    ) -> tf.data.Dataset:
+        """Batches of (float32 [B, size, size, 3] pixels in 0..255, int32 labels or string ids)."""
+        part = self._split(split)
+        for name, value in (("image_size", image_size), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DataError(f"dataset({name}={value!r}) must be a whole number >= 1.")
+        layers = make_augmentation(augmentation, image_size, seed=seed)
+        ds = self._decoded(split, image_size)
+        if shuffle:
+            per_image = image_size * image_size * 3
+            buffer = max(1, min(part.count, max(1024, _SHUFFLE_BYTES // per_image)))
+            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.batch(batch_size).map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+        if layers is not None:
+            ds = ds.map(
+                lambda x, y: (layers(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+            )
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def describe(self) -> str:
+        """One or two lines for the console: layout, classes, counts, skipped files."""
+        names = ", ".join(self.class_names[:6]) + (", ..." if self.num_classes > 6 else "")
+        counts = ", ".join(
+            f"{name} {s.count}" + ("" if s.labelled else " (unlabelled)")
+            for name, s in self._splits.items()
+        )
+        text = f"{self.layout} data at {self.root}: {self.num_classes} classes ({names}); {counts}"
+        if self.skipped:
+            shown = "; ".join(f"{f}: {reason}" for f, reason in self.skipped[:3])
+            more = f" and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
+            text += f"\n  skipped {len(self.skipped)} unreadable file(s): {shown}{more}"
+        return text
+
+    def __repr__(self) -> str:
+        return f"ImageData({self.describe().splitlines()[0]})"
+
+    def _split(self, split: str) -> _Split:
+        if split not in self._splits:
+            have = ", ".join(self._splits)
+            raise DataError(
+                f"the dataset has no {split!r} split.{did_you_mean(split, SPLITS)} It has: {have}."
+            )
+        return self._splits[split]
+
+    def _decoded(self, split: str, image_size: int) -> tf.data.Dataset:
+        """Decoded, resized uint8 images (cached in memory per split and size when enabled)."""
+        key = (split, image_size)
+        if key in self._cached:
+            return self._cached[key]
+        part = self._splits[split]
+        if part.records is not None:
+            source = _tfrecord.records(part.records)
+        else:
+            paths = tf.constant([str(f) for f in part.files])
+            source = tf.data.Dataset.from_tensor_slices((paths, part.targets)).map(
+                lambda path, target: (tf.io.read_file(path), target)
+            )
+
+        def load(data: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            image.set_shape([None, None, 3])
+            image = tf.image.resize(image, [image_size, image_size])
+            # uint8 in the cache: a quarter of the memory of float32, same pixels after rounding.
+            return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), target
+
+        ds = source.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.ignore_errors(log_warning=True)
+        if self._cache_enabled:
+            ds = ds.cache()
+            self._cached[key] = ds
+        return ds
+
+
+def _to_float(images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.cast(images, tf.float32), targets
+
+
+def open_data(
+    spec: Data, *, runs_dir: Path, seed: int = 0, path_override: str | None = None
+) -> ImageData:
+    """Find, check and index the dataset `spec` declares (or `path_override`, from --data).
+
+    Raises DataError naming the problem and the fix. Nothing is written under `runs_dir`
+    before the checks pass, except the extraction of a zip or builtin dataset.
+    """
+    runs_dir = Path(runs_dir)
+    path = path_override or spec.path
+    if not path:
+        raise DataError(
+            "no dataset given: set Data(path=...) in the space file or pass --data PATH "
+            "(try --data builtin:digits)."
+        )
+    if _builtin.is_builtin(path):
+        root = _builtin.materialise(path, runs_dir)
+    else:
+        root = _resolve(path, spec)
+        if root.is_file():
+            root = _extract(root, runs_dir)
+    layout, root = _detect(root, spec)
+    skipped: list[tuple[str, str]] = []
+    if layout == "tfrecord":
+        class_names, splits = _open_tfrecord(root, spec)
+    else:
+        groups = _scan_folders(root, spec, layout)
+        known = load_checks(checks_file(root, runs_dir))
+        files = [f for classes in groups.values() for fs in classes.values() for f in fs]
+        bad, entries = check_images(files, root, known)
+        skipped = [(_rel(f, root), reason) for f, reason in sorted(bad.items())]
+        for where, classes in groups.items():
+            for name, fs in classes.items():
+                classes[name] = [f for f in fs if f not in bad]
+            if where != "test":
+                _require_images(root / where if where else root, classes, bad)
+        class_names, splits = _make_splits(root, spec, layout, groups, seed)
+        save_checks(checks_file(root, runs_dir), entries)
+    data = ImageData(
+        layout=layout,
+        root=root,
+        class_names=class_names,
+        splits=splits,
+        skipped=skipped,
+        cache=spec.cache,
+    )
+    log.info("data: %s", data.describe())
+    return data
+
+
+def _resolve(path: str, spec: Data) -> Path:
+    resolved = Path(os.path.expanduser(path))
+    resolved = resolved if resolved.is_absolute() else Path.cwd() / resolved
+    if not resolved.exists():
+        hint = f" {spec.hint.rstrip('.')}." if spec.hint else ""
+        raise DataError(
+            f"data path {resolved} does not exist.{hint} Pass the dataset's folder or .zip with "
+            f"--data PATH."
+        )
+    if resolved.is_file() and resolved.suffix.lower() != ".zip":
+        raise DataError(
+            f"data path {resolved} is a file; pass a folder of images, a .zip of one, or a folder "
+            f"of TFRecords with --data PATH."
+        )
+    return resolved.resolve()
+
+
+def _extract(zip_path: Path, runs_dir: Path) -> Path:
+    """Extract a zip once into runs_dir/.data/<stem>-<hash of size and mtime>/."""
+    stat = zip_path.stat()
+    tag = hashlib.sha1(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:8]
+    target = runs_dir / ".data" / f"{zip_path.stem}-{tag}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Extract beside the target and rename, so a killed extraction is never reused.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        log.info("extracting %s to %s (once)", zip_path, target)
+        with zipfile.ZipFile(zip_path) as archive:
+            archive.extractall(tmp)
+        os.replace(tmp, target)
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{zip_path} is not a readable zip ({e}); download it again.") from None
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _find_split_root(root: Path, spec: Data, depth: int = 3) -> Path | None:
+    """The first folder (breadth first, `depth` levels down) holding both train/ and val/."""
+    level = [root]
+    for _ in range(depth + 1):
+        for folder in level:
+            if (folder / spec.train).is_dir() and (folder / spec.val).is_dir():
+                return folder
+        level = [d for f in level for d in sorted(f.iterdir()) if d.is_dir() and is_visible(d)]
+    return None
+
+
+def _detect(root: Path, spec: Data) -> tuple[str, Path]:
+    layout = spec.layout
+    if layout == "auto" and _tfrecord.has_records(root):
+        return "tfrecord", root
+    if layout == "tfrecord":
+        return layout, root
+    if layout in ("auto", "split_folders"):
+        found = _find_split_root(root, spec)
+        if found is not None:
+            return "split_folders", found
+        if layout == "split_folders" or (root / spec.train).is_dir():
+            raise DataError(
+                f"no folder under {root} holds both {spec.train}/ and {spec.val}/ (looked 3 levels "
+                f"down). Add {spec.val}/<class>/ images, or use Data(layout='folders') on a folder of "
+                f"class folders to split it by val_fraction."
+            )
+    return "folders", root
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+_KINDS = "jpg, jpeg, png, bmp, gif"
+_UNLABELLED = ""  # the class key of a test folder of images without class folders
+
+
+def _scan_folders(root: Path, spec: Data, layout: str) -> dict[str, dict[str, list[Path]]]:
+    """{folder relative to root ("" for root itself): {class: image files}}."""
+    if layout == "folders":
+        groups = {"": class_folders(root)}
+    else:
+        groups = {spec.train: class_folders(root / spec.train), spec.val: class_folders(root / spec.val)}
+    for where, classes in groups.items():
+        _require_images(root / where if where else root, classes)
+    if layout == "split_folders":
+        train, val = groups[spec.train], groups[spec.val]
+        for name in sorted(set(train) ^ set(val)):
+            has, lacks = (spec.train, spec.val) if name in train else (spec.val, spec.train)
+            raise DataError(
+                f"class {name!r} has a folder in {root / has} but not in {root / lacks}; every "
+                f"class needs images in both splits (add {lacks}/{name}/ or remove {has}/{name}/)."
+            )
+        if spec.test and (root / spec.test).is_dir():
+            test = {n: fs for n, fs in class_folders(root / spec.test).items() if fs}
+            loose = image_files(root / spec.test, recursive=False)
+            if test and set(test) <= set(train) and not loose:
+                groups[spec.test] = test
+            elif test and set(test) & set(train):
+                raise DataError(
+                    f"{root / spec.test} mixes class folders ({', '.join(sorted(set(test) & set(train)))}) "
+                    f"with others ({', '.join(sorted(set(test) - set(train)) or ['loose images'])}); "
+                    f"use the training classes' names only, or a flat folder of unlabelled images."
+                )
+            elif test or loose:
+                groups[spec.test] = {_UNLABELLED: image_files(root / spec.test)}
+    return groups
+
+
+def _require_images(folder: Path, classes: dict[str, list[Path]], bad: dict | None = None) -> None:
+    """Raise DataError unless every class folder holds at least one (readable) image."""
+    if not classes:
+        loose = image_files(folder, recursive=False)
+        if loose:
+            raise DataError(
+                f"{folder} holds {len(loose)} images but no class folders; move each class's "
+                f"images into {folder}/<class>/."
+            )
+        raise DataError(
+            f"no images ({_KINDS}) found under {folder}; expected {folder}/<class>/<image>. "
+            f"Check --data PATH."
+        )
+    empty = [name for name, files in classes.items() if not files]
+    if not empty:
+        return
+    shown = ", ".join(str(folder / name) for name in empty[:3])
+    if bad:
+        example = next((f"{p.name}: {r}" for p, r in bad.items() if p.parent.name in empty), "")
+        raise DataError(
+            f"every image in class folder(s) {shown} is unreadable (e.g. {example}); "
+            f"replace the files or remove the folder."
+        )
+    raise DataError(
+        f"class folder(s) {shown} hold no images ({_KINDS}); add images or remove the folder."
+    )
+
+
+def _make_splits(
+    root: Path, spec: Data, layout: str, groups: dict[str, dict[str, list[Path]]], seed: int
+) -> tuple[list[str], dict[str, _Split]]:
+    rng = np.random.default_rng(seed)
+    if layout == "folders":
+        classes = groups[""]
+        class_names = list(classes)
+        train, val = [], []
+        for label, (name, files) in enumerate(classes.items()):
+            if len(files) < 2:
+                raise DataError(
+                    f"class {name!r} has {len(files)} readable image(s) in {root / name}; the "
+                    f"'folders' layout needs at least 2 per class to split off val_fraction."
+                )
+            n_val = min(len(files) - 1, max(1, round(len(files) * spec.val_fraction)))
+            picked = set(rng.permutation(len(files))[:n_val].tolist())
+            val += [(f, label) for i, f in enumerate(files) if i in picked]
+            train += [(f, label) for i, f in enumerate(files) if i not in picked]
+        pairs = {"train": train, "val": val}
+    else:
+        class_names = list(groups[spec.train])
+        index = {name: label for label, name in enumerate(class_names)}
+        pairs = {
+            split: [(f, index[name]) for name, files in groups[where].items() for f in files]
+            for split, where in (("train", spec.train), ("val", spec.val))
+        }
+    # Class-sorted order would make any bounded shuffle buffer hold one class at a time.
+    pairs["train"] = [pairs["train"][i] for i in rng.permutation(len(pairs["train"]))]
+    splits = {
+        split: _Split([f for f, _ in items], np.array([y for _, y in items], np.int32), True)
+        for split, items in pairs.items()
+    }
+    if spec.test in groups and layout == "split_folders":
+        test = groups[spec.test]
+        if _UNLABELLED in test:
+            files = test[_UNLABELLED]
+            splits["test"] = _Split(files, np.array([_rel(f, root) for f in files]), False)
+        else:
+            items = [(f, class_names.index(n)) for n, fs in test.items() for f in fs]
+            splits["test"] = _Split([f for f, _ in items], np.array([y for _, y in items], np.int32), True)
+    return class_names, splits
+
+
+def _open_tfrecord(root: Path, spec: Data) -> tuple[list[str], dict[str, _Split]]:
+    found = {
+        "train": _tfrecord.find(root, spec.train, "train", required=True),
+        "val": _tfrecord.find(root, spec.val, "val", required=True),
+    }
+    if spec.test:
+        test = _tfrecord.find(root, spec.test, "test", required=False)
+        if test:
+            found["test"] = test
+    scans = {split: _tfrecord.scan(files, split) for split, files in found.items()}
+    for split in ("train", "val"):
+        if not scans[split].labelled:
+            raise DataError(
+                f"{split} records under {found[split][0].parent} have no 'class' label; point "
+                f"Data({split}=...) at labelled records."
+            )
+    labels = np.concatenate([scans["train"].labels, scans["val"].labels])
+    if labels.size == 0 or labels.min() < 0:
+        raise DataError(f"TFRecords under {root} hold no usable (non-negative) class labels.")
+    num_classes = int(labels.max()) + 1
+    if spec.class_names is not None:
+        if len(spec.class_names) < num_classes:
+            raise DataError(
+                f"Data(class_names=...) names {len(spec.class_names)} classes but the records use "
+                f"labels up to {num_classes - 1}; give one name per label."
+            )
+        class_names = [str(n) for n in spec.class_names]
+    else:
+        class_names = [str(i) for i in range(num_classes)]
+    splits = {
+        split: _Split(scan.files, scan.labels, scan.labelled, records=scan)
+        for split, scan in scans.items()
+    }
+    return class_names, splits
