@@ -1,0 +1,132 @@
+"""Shared fixtures: seeding, and small real image datasets (scikit-learn's handwritten digits)
+written to disk in each layout the framework reads."""
+
+from __future__ import annotations
+
+import io
+import random
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Tests import `search` from this checkout even when it is not pip-installed into the venv.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PER_CLASS = 20
+
+
+@pytest.fixture(autouse=True)
+def seed_everything() -> Iterator[None]:
+    """Seed python, numpy and keras (which seeds tensorflow) before every test."""
+    import keras
+
+    random.seed(0)
+    np.random.seed(0)
+    keras.utils.set_random_seed(0)
+    yield
+
+
+def digit_images(per_class: int = PER_CLASS) -> list[tuple[int, int, np.ndarray]]:
+    """(label, index, 8x8 uint8 image) for the first `per_class` digits of each class 0..9."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    picked = []
+    for label in range(10):
+        for index in np.flatnonzero(digits.target == label)[:per_class]:
+            picked.append((label, int(index), images[index]))
+    return picked
+
+
+def _save(image: np.ndarray, path: Path, fmt: str = "PNG") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).resize((16, 16), Image.NEAREST).save(path, fmt)
+
+
+@pytest.fixture(scope="session")
+def digits_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``root/<0..9>/<index>.png``: 20 grayscale 16x16 digits per class (layout ``folders``)."""
+    root = tmp_path_factory.mktemp("digits_folders")
+    for label, index, image in digit_images():
+        _save(image, root / str(label) / f"{index:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_split_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``root/train/<0..9>/*.png`` (14 per class), ``root/val/<0..9>/*.png`` (6 per class) and
+    ``root/test/*.png`` (10 unlabelled images, flat) - layout ``split_folders``."""
+    root = tmp_path_factory.mktemp("digits_split_folders")
+    seen: dict[int, int] = {}
+    for label, index, image in digit_images():
+        n = seen[label] = seen.get(label, 0) + 1
+        split = "train" if n <= 14 else "val"
+        _save(image, root / split / str(label) / f"{index:04d}.png")
+    for label, index, image in digit_images(per_class=21)[20::21]:
+        _save(image, root / "test" / f"{index:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A zip shaped like Kaggle's 14-celebrity-faces one: ``data/train/<0..9>/*.jpg``
+    (14 per class) and ``data/val/<0..9>/*.jpg`` (6 per class), plus a ``__MACOSX/`` entry."""
+    path = tmp_path_factory.mktemp("digits_zip") / "digits-faces.zip"
+    seen: dict[int, int] = {}
+    with zipfile.ZipFile(path, "w") as archive:
+        for label, index, image in digit_images():
+            n = seen[label] = seen.get(label, 0) + 1
+            split = "train" if n <= 14 else "val"
+            buffer = io.BytesIO()
+            Image.fromarray(image).resize((16, 16), Image.NEAREST).save(buffer, "JPEG", quality=95)
+            archive.writestr(f"data/{split}/{label}/{index:04d}.jpg", buffer.getvalue())
+        archive.writestr("__MACOSX/data/._junk.jpg", b"not an image")
+    return path
+
+
+def _example(image: np.ndarray, **features: int | bytes) -> bytes:
+    import tensorflow as tf
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).convert("RGB").resize((16, 16), Image.NEAREST).save(buffer, "JPEG")
+    feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[buffer.getvalue()]))}
+    for key, value in features.items():
+        if isinstance(value, bytes):
+            feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+        else:
+            feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+@pytest.fixture(scope="session")
+def digits_tfrecords(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Petals-to-the-Metal schema under ``root/tfrecords-jpeg-16x16/``: ``train/*.tfrec``
+    (2 files, 14 per class), ``val/00-60.tfrec`` (6 per class) with ``image`` JPEG bytes and
+    ``class`` int64; ``test/00-20.tfrec`` with ``image`` and ``id`` (b"t0000"...) only."""
+    import tensorflow as tf
+
+    root = tmp_path_factory.mktemp("digits_tfrecords")
+    base = root / "tfrecords-jpeg-16x16"
+    for split in ("train", "val", "test"):
+        (base / split).mkdir(parents=True)
+    records: dict[str, list[bytes]] = {"train": [], "val": []}
+    seen: dict[int, int] = {}
+    for label, _, image in digit_images():
+        n = seen[label] = seen.get(label, 0) + 1
+        records["train" if n <= 14 else "val"].append(_example(image, **{"class": label}))
+    rng = np.random.default_rng(0)
+    train = [records["train"][i] for i in rng.permutation(len(records["train"]))]
+    shards = {"train/00-70.tfrec": train[:70], "train/01-70.tfrec": train[70:], "val/00-60.tfrec": records["val"]}
+    test = digit_images(per_class=22)[20::22]
+    shards["test/00-20.tfrec"] = [_example(im, id=f"t{i:04d}".encode()) for _, i, im in test]
+    for name, items in shards.items():
+        with tf.io.TFRecordWriter(str(base / name)) as writer:
+            for item in items:
+                writer.write(item)
+    return root
