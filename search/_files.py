@@ -1,4 +1,5 @@
-"""Image files on disk: finding them in class folders, and checking once that they decode.
+"""Image files on disk: finding them in class folders, checking the folders make a dataset,
+and checking once that every file decodes.
 
 The check result is kept in runs/.data/checks/<hash of the root>.json, keyed by each file's
 path, size and mtime, so reopening a dataset does not decode it again.
@@ -15,6 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import tensorflow as tf
+
+from search.declare import Data
+from search.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -114,3 +118,67 @@ def save_checks(path: Path, entries: dict) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(entries, f)
     os.replace(tmp, path)
+
+
+_KINDS = "jpg, jpeg, png, bmp, gif"
+UNLABELLED = ""  # the class key of a test folder of images without class folders
+
+
+def scan_folders(root: Path, spec: Data, layout: str) -> dict[str, dict[str, list[Path]]]:
+    """{folder relative to root ("" for root itself): {class: image files}}."""
+    if layout == "folders":
+        groups = {"": class_folders(root)}
+    else:
+        groups = {spec.train: class_folders(root / spec.train), spec.val: class_folders(root / spec.val)}
+    for where, classes in groups.items():
+        require_images(root / where if where else root, classes)
+    if layout == "split_folders":
+        train, val = groups[spec.train], groups[spec.val]
+        for name in sorted(set(train) ^ set(val)):
+            has, lacks = (spec.train, spec.val) if name in train else (spec.val, spec.train)
+            raise DataError(
+                f"class {name!r} has a folder in {root / has} but not in {root / lacks}; every "
+                f"class needs images in both splits (add {lacks}/{name}/ or remove {has}/{name}/)."
+            )
+        if spec.test and (root / spec.test).is_dir():
+            test = {n: fs for n, fs in class_folders(root / spec.test).items() if fs}
+            loose = image_files(root / spec.test, recursive=False)
+            if test and set(test) <= set(train) and not loose:
+                groups[spec.test] = test
+            elif test and set(test) & set(train):
+                raise DataError(
+                    f"{root / spec.test} mixes class folders ({', '.join(sorted(set(test) & set(train)))}) "
+                    f"with others ({', '.join(sorted(set(test) - set(train)) or ['loose images'])}); "
+                    f"use the training classes' names only, or a flat folder of unlabelled images."
+                )
+            elif test or loose:
+                groups[spec.test] = {UNLABELLED: image_files(root / spec.test)}
+    return groups
+
+
+def require_images(folder: Path, classes: dict[str, list[Path]], bad: dict | None = None) -> None:
+    """Raise DataError unless every class folder holds at least one (readable) image."""
+    if not classes:
+        loose = image_files(folder, recursive=False)
+        if loose:
+            raise DataError(
+                f"{folder} holds {len(loose)} images but no class folders; move each class's "
+                f"images into {folder}/<class>/."
+            )
+        raise DataError(
+            f"no images ({_KINDS}) found under {folder}; expected {folder}/<class>/<image>. "
+            f"Check --data PATH."
+        )
+    empty = [name for name, files in classes.items() if not files]
+    if not empty:
+        return
+    shown = ", ".join(str(folder / name) for name in empty[:3])
+    if bad:
+        example = next((f"{p.name}: {r}" for p, r in bad.items() if p.parent.name in empty), "")
+        raise DataError(
+            f"every image in class folder(s) {shown} is unreadable (e.g. {example}); "
+            f"replace the files or remove the folder."
+        )
+    raise DataError(
+        f"class folder(s) {shown} hold no images ({_KINDS}); add images or remove the folder."
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from search.declare import Data
 from search.errors import DataError
 
 SUFFIXES = (".tfrec", ".tfrecord")
@@ -119,3 +120,36 @@ def records(found: Records) -> tf.data.Dataset:
 
     raw = tf.data.TFRecordDataset([str(f) for f in found.files])
     return raw.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def open_records(root: Path, spec: Data) -> tuple[list[str], dict[str, Records]]:
+    """Find and scan the splits' record files; return the class names and the scans."""
+    found = {
+        "train": find(root, spec.train, "train", required=True),
+        "val": find(root, spec.val, "val", required=True),
+    }
+    if spec.test:
+        test = find(root, spec.test, "test", required=False)
+        if test:
+            found["test"] = test
+    scans = {split: scan(files, split) for split, files in found.items()}
+    for split in ("train", "val"):
+        if not scans[split].labelled:
+            raise DataError(
+                f"{split} records under {found[split][0].parent} have no 'class' label; point "
+                f"Data({split}=...) at labelled records."
+            )
+    labels = np.concatenate([scans["train"].labels, scans["val"].labels])
+    if labels.size == 0 or labels.min() < 0:
+        raise DataError(f"TFRecords under {root} hold no usable (non-negative) class labels.")
+    num_classes = int(labels.max()) + 1
+    if spec.class_names is not None:
+        if len(spec.class_names) < num_classes:
+            raise DataError(
+                f"Data(class_names=...) names {len(spec.class_names)} classes but the records use "
+                f"labels up to {num_classes - 1}; give one name per label."
+            )
+        class_names = [str(n) for n in spec.class_names]
+    else:
+        class_names = [str(i) for i in range(num_classes)]
+    return class_names, scans

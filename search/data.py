@@ -21,14 +21,15 @@ import tensorflow as tf
 
 from search import _builtin, _tfrecord
 from search._files import (
+    UNLABELLED,
     check_images,
     checks_file,
-    class_folders,
     content_hash,
-    image_files,
     is_visible,
     load_checks,
+    require_images,
     save_checks,
+    scan_folders,
 )
 from search.augment import augmentation as make_augmentation
 from search.declare import Data
@@ -216,7 +217,7 @@ def open_data(
     if layout == "tfrecord":
         class_names, splits = _open_tfrecord(root, spec)
     else:
-        groups = _scan_folders(root, spec, layout)
+        groups = scan_folders(root, spec, layout)
         known = load_checks(checks_file(root, runs_dir))
         files = [f for classes in groups.values() for fs in classes.values() for f in fs]
         bad, entries = check_images(files, root, known)
@@ -224,8 +225,8 @@ def open_data(
         for where, classes in groups.items():
             for name, fs in classes.items():
                 classes[name] = [f for f in fs if f not in bad]
-            if where != "test":
-                _require_images(root / where if where else root, classes, bad)
+            if where != spec.test:
+                require_images(root / where if where else root, classes, bad)
         class_names, splits = _make_splits(root, spec, layout, groups, seed)
         save_checks(checks_file(root, runs_dir), entries)
     data = ImageData(
@@ -317,70 +318,6 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-_KINDS = "jpg, jpeg, png, bmp, gif"
-_UNLABELLED = ""  # the class key of a test folder of images without class folders
-
-
-def _scan_folders(root: Path, spec: Data, layout: str) -> dict[str, dict[str, list[Path]]]:
-    """{folder relative to root ("" for root itself): {class: image files}}."""
-    if layout == "folders":
-        groups = {"": class_folders(root)}
-    else:
-        groups = {spec.train: class_folders(root / spec.train), spec.val: class_folders(root / spec.val)}
-    for where, classes in groups.items():
-        _require_images(root / where if where else root, classes)
-    if layout == "split_folders":
-        train, val = groups[spec.train], groups[spec.val]
-        for name in sorted(set(train) ^ set(val)):
-            has, lacks = (spec.train, spec.val) if name in train else (spec.val, spec.train)
-            raise DataError(
-                f"class {name!r} has a folder in {root / has} but not in {root / lacks}; every "
-                f"class needs images in both splits (add {lacks}/{name}/ or remove {has}/{name}/)."
-            )
-        if spec.test and (root / spec.test).is_dir():
-            test = {n: fs for n, fs in class_folders(root / spec.test).items() if fs}
-            loose = image_files(root / spec.test, recursive=False)
-            if test and set(test) <= set(train) and not loose:
-                groups[spec.test] = test
-            elif test and set(test) & set(train):
-                raise DataError(
-                    f"{root / spec.test} mixes class folders ({', '.join(sorted(set(test) & set(train)))}) "
-                    f"with others ({', '.join(sorted(set(test) - set(train)) or ['loose images'])}); "
-                    f"use the training classes' names only, or a flat folder of unlabelled images."
-                )
-            elif test or loose:
-                groups[spec.test] = {_UNLABELLED: image_files(root / spec.test)}
-    return groups
-
-
-def _require_images(folder: Path, classes: dict[str, list[Path]], bad: dict | None = None) -> None:
-    """Raise DataError unless every class folder holds at least one (readable) image."""
-    if not classes:
-        loose = image_files(folder, recursive=False)
-        if loose:
-            raise DataError(
-                f"{folder} holds {len(loose)} images but no class folders; move each class's "
-                f"images into {folder}/<class>/."
-            )
-        raise DataError(
-            f"no images ({_KINDS}) found under {folder}; expected {folder}/<class>/<image>. "
-            f"Check --data PATH."
-        )
-    empty = [name for name, files in classes.items() if not files]
-    if not empty:
-        return
-    shown = ", ".join(str(folder / name) for name in empty[:3])
-    if bad:
-        example = next((f"{p.name}: {r}" for p, r in bad.items() if p.parent.name in empty), "")
-        raise DataError(
-            f"every image in class folder(s) {shown} is unreadable (e.g. {example}); "
-            f"replace the files or remove the folder."
-        )
-    raise DataError(
-        f"class folder(s) {shown} hold no images ({_KINDS}); add images or remove the folder."
-    )
-
-
 def _make_splits(
     root: Path, spec: Data, layout: str, groups: dict[str, dict[str, list[Path]]], seed: int
 ) -> tuple[list[str], dict[str, _Split]]:
@@ -415,8 +352,8 @@ def _make_splits(
     }
     if spec.test in groups and layout == "split_folders":
         test = groups[spec.test]
-        if _UNLABELLED in test:
-            files = test[_UNLABELLED]
+        if UNLABELLED in test:
+            files = test[UNLABELLED]
             splits["test"] = _Split(files, np.array([_rel(f, root) for f in files]), False)
         else:
             items = [(f, class_names.index(n)) for n, fs in test.items() for f in fs]
@@ -425,34 +362,7 @@ def _make_splits(
 
 
 def _open_tfrecord(root: Path, spec: Data) -> tuple[list[str], dict[str, _Split]]:
-    found = {
-        "train": _tfrecord.find(root, spec.train, "train", required=True),
-        "val": _tfrecord.find(root, spec.val, "val", required=True),
-    }
-    if spec.test:
-        test = _tfrecord.find(root, spec.test, "test", required=False)
-        if test:
-            found["test"] = test
-    scans = {split: _tfrecord.scan(files, split) for split, files in found.items()}
-    for split in ("train", "val"):
-        if not scans[split].labelled:
-            raise DataError(
-                f"{split} records under {found[split][0].parent} have no 'class' label; point "
-                f"Data({split}=...) at labelled records."
-            )
-    labels = np.concatenate([scans["train"].labels, scans["val"].labels])
-    if labels.size == 0 or labels.min() < 0:
-        raise DataError(f"TFRecords under {root} hold no usable (non-negative) class labels.")
-    num_classes = int(labels.max()) + 1
-    if spec.class_names is not None:
-        if len(spec.class_names) < num_classes:
-            raise DataError(
-                f"Data(class_names=...) names {len(spec.class_names)} classes but the records use "
-                f"labels up to {num_classes - 1}; give one name per label."
-            )
-        class_names = [str(n) for n in spec.class_names]
-    else:
-        class_names = [str(i) for i in range(num_classes)]
+    class_names, scans = _tfrecord.open_records(root, spec)
     splits = {
         split: _Split(scan.files, scan.labels, scan.labelled, records=scan)
         for split, scan in scans.items()

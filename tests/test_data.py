@@ -265,3 +265,27 @@ def test_unknown_policy_and_layer_config():
         augmentation("face", 32)
     layer = RandomRot90Transpose(0.3, 0.1, seed=4)
     assert RandomRot90Transpose.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+def test_tfrecords_in_several_resolution_folders_ask_which(digits_tfrecords, tmp_path):
+    root = tmp_path / "petals"
+    shutil.copytree(digits_tfrecords / "tfrecords-jpeg-16x16", root / "tfrecords-jpeg-16x16")
+    shutil.copytree(digits_tfrecords / "tfrecords-jpeg-16x16", root / "tfrecords-jpeg-32x32")
+    with pytest.raises(DataError, match=r"Data\(train='tfrecords-jpeg-32x32/train/\*.tfrec'\)"):
+        open_data(Data(str(root)), runs_dir=tmp_path / "runs")
+    spec = Data(
+        str(root),
+        train="tfrecords-jpeg-32x32/train/*.tfrec",
+        val="tfrecords-jpeg-32x32/val/*.tfrec",
+        test="tfrecords-jpeg-32x32/test/*.tfrec",
+    )
+    assert open_data(spec, runs_dir=tmp_path / "runs").count("test") == 10
+
+
+def test_labelled_test_class_folders_give_a_labelled_test_split(digits_folders, tmp_path):
+    root = tmp_path / "labelled"
+    for split in ("train", "val", "test"):
+        shutil.copytree(digits_folders, root / split)
+    data = open_data(Data(str(root)), runs_dir=tmp_path / "runs")
+    _, labels = collect(data.dataset("test", 16, 64))
+    assert data.count("test") == 200 and np.array_equal(labels, data.labels("test"))
