@@ -3,7 +3,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test smoke clean
+.PHONY: demo test smoke clean test-data
+
+# Real product photos for the tests (Debian's dataset-fashion-mnist); best effort, tests
+# that need them skip with a message when they cannot be installed (no root, no apt).
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,8 +21,13 @@ demo: $(STAMP)
 smoke: $(STAMP)
 	$(PY) -m search.run spaces/digits.py --smoke
 
-test: $(STAMP)
+test: $(STAMP) test-data
 	$(PY) -m pytest -q
+
+test-data:
+	@test -f $(FASHION) || apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+	  || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) \
+	  || echo "note: could not install dataset-fashion-mnist; tests that need it will skip"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -8,6 +8,7 @@ is all that `models`, `data` and `schedules` ever see.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -101,9 +102,19 @@ def _backbone(value: Any) -> str | None:
     )
 
 
+WEIGHT_NAMES = ("imagenet", "none", "noisy-student")
+
+
 def _weights(value: Any) -> str | None:
     if not isinstance(value, str) or not value:
         return f"must be 'imagenet', 'none' or a path to a weights file, got {value!r}"
+    if value in WEIGHT_NAMES:
+        return None
+    if not Path(value).expanduser().is_file():
+        return (
+            f"the weights file '{value}' does not exist; give the path of a local weights file "
+            f"(e.g. resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5), or one of {', '.join(WEIGHT_NAMES)}"
+        )
     return None
 
 

@@ -1,0 +1,56 @@
+"""Console progress: what is running, what it is trying, how it went, the best so far."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from search.hooks import COMPLETED, SearchHooks, SearchInfo, TrialInfo, TrialResult
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+class ConsoleProgress(SearchHooks):
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stdout
+        self.best: tuple[float, str] | None = None
+        self.started = time.monotonic()
+
+    def say(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def on_search_begin(self, search: SearchInfo) -> None:
+        s = search.settings
+        self.say(
+            f"Search {search.name!r}: {s['algorithm']}, up to {s['max_trials']} trials x {s['epochs']} epochs, "
+            f"objective {s['objective']} | {search.strategy} | seed {search.seed}"
+        )
+        self.say(f"Results: {search.space_dir}")
+
+    def on_trial_begin(self, search: SearchInfo, trial: TrialInfo) -> None:
+        values = " ".join(f"{k}={_fmt(v)}" for k, v in trial.values.items())
+        self.say(f"\nTrial {trial.number}/{trial.total} (id {trial.trial_id}): {values}")
+
+    def on_trial_end(self, search: SearchInfo, trial: TrialInfo, result: TrialResult) -> None:
+        objective = search.settings["objective"]
+        score = result.best.get(objective)
+        line = f"Trial {trial.number}/{trial.total} {result.status} in {result.seconds:.0f}s"
+        if result.status == COMPLETED and score is not None:
+            better = self.best is None or (score < self.best[0] if "loss" in objective else score > self.best[0])
+            if better:
+                self.best = (score, trial.trial_id)
+            line += f": {objective} {score:.4f}, {result.epochs_run} epochs, {result.params:,} params"
+        elif result.error:
+            line += f": {result.error}"
+        if self.best:
+            line += f" | best {self.best[0]:.4f} (trial {self.best[1]})"
+        self.say(line)
+
+    def on_search_end(self, search: SearchInfo, status: str) -> None:
+        minutes = (time.monotonic() - self.started) / 60
+        self.say(f"\nSearch {search.name!r} {status.lower()} after {minutes:.1f} min.")

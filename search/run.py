@@ -1,0 +1,216 @@
+"""python -m search.run SPACE [options]: run (or resume) the search a space file describes."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
+
+import argparse
+import dataclasses
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from search.errors import SearchError, did_you_mean
+
+DESCRIPTION = """Run the search a space file describes, or resume it: re-running the same command
+continues where it stopped (finished trials are not re-run). Results go to RUNS_DIR/<space>/."""
+
+EXAMPLES = """examples:
+  python -m search.run spaces/digits.py                      the offline demo
+  python -m search.run spaces/digits.py --smoke              2 tiny trials, as CI runs them
+  python -m search.run spaces/celeb.py --data ~/celeb.zip --set backbone=ResNet50 --max-trials 5
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own "unrecognized arguments" has no hint
+        if "unrecognized arguments:" in message:
+            wrong = message.split("unrecognized arguments:")[1].split()[0]
+            options = [o for a in self._actions for o in a.option_strings]
+            message += did_you_mean(wrong, options)
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m search.run", description=DESCRIPTION, epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    )
+    p.add_argument("space", help="the space file, e.g. spaces/digits.py")
+    p.add_argument("--data", metavar="PATH", help="dataset location (folder, .zip, TFRecord folder), overriding the space's")
+    p.add_argument("--max-trials", type=int, metavar="N", help="how many trials in all (finished ones count)")
+    p.add_argument("--epochs", type=int, metavar="N", help="epochs per trial")
+    p.add_argument("--algorithm", metavar="NAME", help="random, grid, bayesian, hyperband, tpe, cmaes, gp, nsga2")
+    p.add_argument("--seed", type=int, help="fixes the data split, shuffling and the sequence of values tried")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="fix a hyperparameter or override a Search/Data setting (repeatable), e.g. --set backbone=MobileNet",
+    )
+    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where results go (default: runs/)")
+    p.add_argument("--fresh", action="store_true", help="start this search over instead of resuming it")
+    p.add_argument("--smoke", action="store_true", help="a CI-sized search: 2 trials, 1 epoch, 3 steps, small images, weights=none")
+    p.add_argument("--dry-run", action="store_true", help="validate the space and the data, print them, train nothing")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    return p
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, str]:
+    sets: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise SearchError(f"--set {item!r} must look like NAME=VALUE, e.g. --set image_size=64")
+        sets[name.strip()] = value.strip()
+    return sets
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        from search.space import load_space
+
+        space = load_space(
+            args.space, sets=parse_sets(args.set), data_path=args.data, max_trials=args.max_trials,
+            epochs=args.epochs, algorithm=args.algorithm, seed=args.seed, smoke=args.smoke,
+        )
+        if args.dry_run:
+            return _dry_run(space, Path(args.runs_dir))
+        return run_search(space, runs_dir=Path(args.runs_dir), fresh=args.fresh, verbose=0 if args.quiet else 2).exit_code
+    except SearchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+@dataclasses.dataclass
+class Outcome:
+    status: str  # COMPLETED, FAILED, KILLED
+    space_dir: Path
+    table: Any  # pandas.DataFrame of trials
+    message: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return {"COMPLETED": 0, "FAILED": 1, "KILLED": 130}[self.status]
+
+
+def _dry_run(space: Any, runs_dir: Path) -> int:
+    from search.data import open_data
+    from search.space import print_space
+
+    data = open_data(space.data, runs_dir=runs_dir, seed=space.search.seed)
+    print(f"Space {space.name!r} ({space.path}): {space.search}")
+    print_space(space)
+    print(data.describe())
+    return 0
+
+
+def _prepare_space_dir(space: Any, space_dir: Path, fingerprint: dict[str, Any], fresh: bool) -> None:
+    from search.results import write_json
+
+    record = space_dir / "search.json"
+    if fresh and space_dir.exists():
+        for name in ("tuner", "trials", "trials.csv", "best.keras", "best.json", "val_labels.npy", "search.json",
+                     "mlflow.json"):
+            target = space_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    elif record.exists():
+        import json
+
+        previous = json.loads(record.read_text())
+        if previous.get("data", {}).get("content") != fingerprint.get("content"):
+            raise SearchError(
+                f"{space_dir} holds a search on other data ({previous.get('data', {}).get('root')}); "
+                "resuming would mix results. Pass --fresh to start over, or --runs-dir DIR to keep both."
+            )
+        if previous.get("seed") != space.search.seed:
+            raise SearchError(
+                f"{space_dir} was searched with --seed {previous.get('seed')}, not {space.search.seed}; "
+                "pass the same seed to resume, or --fresh to start over."
+            )
+    space_dir.mkdir(parents=True, exist_ok=True)
+    write_json(record, {
+        "space": str(space.path), "space_sha256": space.sha256, "seed": space.search.seed,
+        "settings": dataclasses.asdict(space.search), "fixed": dict(space.fixed), "data": fingerprint,
+    })
+
+
+def run_search(space: Any, *, runs_dir: Path = Path("runs"), fresh: bool = False, verbose: int = 2,
+               hooks: Sequence[Any] = ()) -> Outcome:
+    """Run or resume `space`'s search; returns how it ended and the trials table."""
+    from search import strategy as strategy_module
+    from search.data import open_data
+    from search.hooks import COMPLETED, FAILED, KILLED, HookList, SearchInfo
+    from search.progress import ConsoleProgress
+    from search.results import ResultsWriter, leaderboard, write_trials_csv
+    from search.tuner import SpaceTuner, make_oracle
+
+    search = space.search
+    data = open_data(space.data, runs_dir=runs_dir, seed=search.seed)
+    strategy = strategy_module.detect()
+    precision = strategy_module.set_mixed_precision(search.mixed_precision, strategy)
+    space_dir = runs_dir / space.name
+    _prepare_space_dir(space, space_dir, data.fingerprint, fresh)
+
+    info = SearchInfo(
+        name=space.name, space_path=space.path, space_dir=space_dir,
+        settings=dataclasses.asdict(search), data=data.fingerprint,
+        strategy=f"{strategy_module.describe(strategy)}, {precision}",
+        replicas=strategy_module.replicas(strategy), seed=search.seed, overrides=dict(space.fixed),
+    )
+    hook_list = HookList([ResultsWriter(), ConsoleProgress(), *_tracking_hooks(space), *hooks])
+    print(data.describe())
+    tuner = SpaceTuner(space, data, info, hook_list, strategy, make_oracle(search, search.seed),
+                       overwrite=fresh, verbose=verbose)
+
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    status, message = COMPLETED, ""
+    try:
+        tuner.search(verbose=0)  # our ConsoleProgress replaces Keras Tuner's display
+    except KeyboardInterrupt:
+        status, message = KILLED, "interrupted: re-run the same command to resume where it stopped."
+    except RuntimeError as e:
+        if "consecutive failures" not in str(e):
+            raise
+        status = FAILED
+        message = (f"the search stopped: {tuner.oracle.max_consecutive_failed_trials} trials in a row failed, "
+                   f"the last with: {tuner.last_error}. Details: {space_dir}/trials/*/error.txt")
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    hook_list.on_search_end(info, status)
+
+    table = write_trials_csv(space_dir)
+    board = leaderboard(table, search.objective)
+    if not board.empty:
+        import pandas as pd
+
+        with pd.option_context("display.width", 200, "display.max_columns", 30):
+            print(f"\nLeaderboard ({len(table)} trials, {space_dir / 'trials.csv'}):\n{board.to_string(index=False)}")
+        if (space_dir / "best.keras").exists():
+            print(f"Best model: {space_dir / 'best.keras'}")
+    if message:
+        print(("error: " if status == FAILED else "") + message, file=sys.stderr)
+    return Outcome(status=status, space_dir=space_dir, table=table, message=message)
+
+
+def _tracking_hooks(space: Any) -> list[Any]:
+    """MLflow tracking, when the tracking module is present (see mlflow.yaml)."""
+    try:
+        from search import tracking
+    except ImportError:
+        return []
+    return tracking.hooks_for(space)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Load a space file, apply command-line overrides, and validate it before anything runs.
+
+A space file is plain Python with three names (see `search.declare`): ``data``, ``search``
+and ``hyperparameters(hp)``. Everything a user can get wrong in it is reported here as one
+`SpaceError` naming the file, the line or the name, and the fix; nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import importlib.util
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import keras_tuner as kt
+
+from search import hparams
+from search.declare import Data, Search
+from search.errors import SearchError, SpaceError, did_you_mean
+
+SMOKE_SEARCH = {"max_trials": 2, "epochs": 1, "steps_per_epoch": 3, "early_stopping": None}
+SMOKE_IMAGE_SIZE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """A loaded, validated space file with the command line's overrides applied."""
+
+    name: str
+    path: Path
+    data: Data
+    search: Search
+    declare_fn: Callable[[Any], Any]
+    fixed: Mapping[str, Any]  # hyperparameters fixed by --set / --smoke
+    doc: str = ""
+
+    def declare(self, hp: kt.HyperParameters) -> None:
+        """Declare the space's hyperparameters on `hp`, with the fixed ones pinned."""
+        self.declare_fn(_Pinned(hp, self.fixed))
+        for name, value in self.fixed.items():
+            if name not in hp:
+                hp.Fixed(name, value)
+
+    def trial_config(self, values: Mapping[str, Any]) -> hparams.TrialConfig:
+        return hparams.TrialConfig.from_values(values)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+class _Pinned:
+    """An `hp` whose fixed names answer with their pinned value, whatever the space asked."""
+
+    def __init__(self, hp: kt.HyperParameters, fixed: Mapping[str, Any]):
+        self._hp = hp
+        self._fixed = fixed
+
+    def __getattr__(self, attr: str) -> Any:
+        method = getattr(self._hp, attr)
+        if attr not in ("Choice", "Int", "Float", "Boolean", "Fixed"):
+            return method
+
+        def declare(name: str, *args: Any, **kwargs: Any) -> Any:
+            if name in self._fixed:
+                conditions = {k: kwargs[k] for k in ("parent_name", "parent_values") if k in kwargs}
+                return self._hp.Fixed(name, self._fixed[name], **conditions)
+            return method(name, *args, **kwargs)
+
+        return declare
+
+
+def parse_value(text: str) -> Any:
+    """`--set` values: Python literals (64, 0.2, True, [1, 2]) or else plain strings."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def load_space(
+    path: str | Path,
+    *,
+    sets: Mapping[str, str] | None = None,
+    data_path: str | None = None,
+    max_trials: int | None = None,
+    epochs: int | None = None,
+    algorithm: str | None = None,
+    seed: int | None = None,
+    smoke: bool = False,
+) -> Space:
+    """Import and validate a space file; raise SpaceError with the file and line on any problem."""
+    path = Path(path)
+    module = _import(path)
+    data, search, declare_fn = _required_names(path, module)
+
+    fixed: dict[str, Any] = {}
+    search_changes: dict[str, Any] = {}
+    data_changes: dict[str, Any] = {}
+    if smoke:
+        search_changes.update(SMOKE_SEARCH)
+        fixed["weights"] = "none"
+    for name, text in (sets or {}).items():
+        value = parse_value(text)
+        if name in hparams.NAMES:
+            fixed[name] = value
+        elif name in _fields(Search):
+            search_changes[name] = value
+        elif name in _fields(Data):
+            data_changes[name] = value
+        else:
+            every = [*hparams.NAMES, *_fields(Search), *_fields(Data)]
+            raise SpaceError(
+                f"--set {name}=...: {name!r} is neither a hyperparameter nor a Search/Data setting."
+                f"{did_you_mean(name, every)}"
+            )
+    for option, value in (("max_trials", max_trials), ("epochs", epochs), ("algorithm", algorithm), ("seed", seed)):
+        if value is not None:
+            search_changes[option] = value
+    if data_path is not None:
+        data_changes["path"] = data_path
+
+    try:
+        search = dataclasses.replace(search, **search_changes)
+        data = dataclasses.replace(data, **data_changes)
+    except (SearchError, TypeError) as e:
+        raise SpaceError(f"{path}: {e}") from None
+
+    space = Space(
+        name=str(getattr(module, "name", path.stem)),
+        path=path,
+        data=data,
+        search=search,
+        declare_fn=declare_fn,
+        fixed=fixed,
+        doc=(module.__doc__ or "").strip(),
+    )
+    if smoke and "image_size" not in fixed:
+        fixed["image_size"] = _smoke_image_size(space)
+    _validate_hyperparameters(space)
+    return space
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _import(path: Path) -> Any:
+    if not path.is_file():
+        nearby = [str(p) for p in path.parent.glob("*.py")] if path.parent.is_dir() else []
+        raise SpaceError(f"space file '{path}' does not exist.{did_you_mean(str(path), nearby)}")
+    spec = importlib.util.spec_from_file_location(f"_search_space_{path.stem}", path)
+    assert spec is not None and spec.loader is not None  # a .py file always has a loader
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise SpaceError(f"{path}, line {e.lineno}: {e.msg}. Fix the syntax and run again.") from None
+    except SearchError as e:
+        raise SpaceError(f"{path}, line {_line_in(path, e)}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any error while importing the user's file is theirs
+        raise SpaceError(f"{path}, line {_line_in(path, e)}: {type(e).__name__}: {e}") from None
+    return module
+
+
+def _line_in(path: Path, error: BaseException) -> int | str:
+    """The deepest line of the traceback that lies in the space file itself."""
+    line: int | str = "?"
+    for frame in traceback.extract_tb(error.__traceback__):
+        if Path(frame.filename).resolve() == path.resolve():
+            line = frame.lineno or "?"
+    return line
+
+
+def _required_names(path: Path, module: Any) -> tuple[Data, Search, Callable[[Any], Any]]:
+    def misnamed(kind: type, wanted: str) -> str:
+        for name, value in vars(module).items():
+            if isinstance(value, kind) and name != wanted:
+                return f" It defines a {kind.__name__}(...) named {name!r}: rename it to {wanted!r}."
+        return ""
+
+    data = getattr(module, "data", None)
+    if not isinstance(data, Data):
+        raise SpaceError(
+            f"{path}: needs `data = Data(...)` saying where the images are.{misnamed(Data, 'data')}"
+        )
+    search = getattr(module, "search", None)
+    if search is None:
+        hint = misnamed(Search, "search")
+        if hint:
+            raise SpaceError(f"{path}: no `search = Search(...)`.{hint}")
+        search = Search()
+    elif not isinstance(search, Search):
+        raise SpaceError(f"{path}: `search` must be a Search(...), got {type(search).__name__}.")
+    declare = getattr(module, "hyperparameters", None)
+    if not callable(declare):
+        functions = [n for n, v in vars(module).items() if callable(v) and not isinstance(v, type)]
+        raise SpaceError(
+            f"{path}: needs a function `def hyperparameters(hp):` declaring the search space."
+            f"{did_you_mean('hyperparameters', functions)}"
+        )
+    return data, search, declare
+
+
+def _declared(space: Space) -> kt.HyperParameters:
+    hp = kt.HyperParameters()
+    try:
+        space.declare(hp)
+    except SearchError as e:
+        raise SpaceError(f"{space.path}, line {_line_in(space.path, e)}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - Keras Tuner's ValueErrors (bad ranges) are the user's
+        raise SpaceError(f"{space.path}, line {_line_in(space.path, e)}: {e}") from None
+    return hp
+
+
+def candidate_values(hp: kt.HyperParameters, name: str) -> list[Any]:
+    """Every value a hyperparameter can take, or its bounds for a numeric range."""
+    for param in hp.space:
+        if param.name != name:
+            continue
+        if isinstance(param, kt.engine.hyperparameters.Choice):
+            return list(param.values)
+        if isinstance(param, kt.engine.hyperparameters.Fixed):
+            return [param.value]
+        if isinstance(param, kt.engine.hyperparameters.Boolean):
+            return [True, False]
+        return [param.min_value, param.max_value]
+    return []
+
+
+def _validate_hyperparameters(space: Space) -> None:
+    hp = _declared(space)
+    for param in hp.space:
+        try:
+            for value in candidate_values(hp, param.name):
+                hparams.check_value(param.name, value)
+        except SpaceError as e:
+            pinned = " (fixed by --set)" if param.name in space.fixed else ""
+            raise SpaceError(f"{space.path}: {e}{pinned}") from None
+
+
+def _smoke_image_size(space: Space) -> int:
+    """The smallest size every backbone the space can pick accepts."""
+    from search.models import BACKBONES
+
+    hp = _declared(space)
+    backbones = candidate_values(hp, "backbone") or [hparams.DEFAULTS["backbone"]]
+    sizes = [BACKBONES[b].min_size for b in backbones if b in BACKBONES]
+    return max([SMOKE_IMAGE_SIZE, *sizes])
+
+
+def print_space(space: Space, file: Any = sys.stdout) -> None:
+    """The space as a table: name, candidate values, and what the command line fixed."""
+    hp = _declared(space)
+    width = max([len(p.name) for p in hp.space] or [0])
+    for param in hp.space:
+        values = candidate_values(hp, param.name)
+        kind = type(param).__name__
+        shown = f"{values[0]} .. {values[1]}" if kind in ("Int", "Float") else ", ".join(map(str, values))
+        print(f"  {param.name:<{width}}  {kind:<7} {shown}", file=file)

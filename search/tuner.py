@@ -1,0 +1,302 @@
+"""The search loop: Keras Tuner's engine driving our trials. The only module that touches
+keras-tuner internals.
+
+Keras Tuner keeps the oracle state (which values to try, what finished, resume); this
+module builds, trains and saves one trial from those values, reports it to the hooks, and
+turns every way a trial can go wrong into a FAILED trial instead of a dead search.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import shutil
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import tensorflow as tf
+from keras_tuner.src.engine import base_tuner
+
+from search import models, schedules
+from search.data import ImageData
+from search.declare import Search
+from search.errors import SearchError
+from search.hooks import COMPLETED, FAILED, KILLED, HookList, SearchInfo, TrialInfo, TrialResult
+from search.space import Space
+
+MAX_CONSECUTIVE_FAILURES = 3
+
+# Keras says this at the end of every validation pass over a dataset of unknown length
+# (ours, since unreadable images are dropped): it is not a problem with the data.
+warnings.filterwarnings("ignore", message="Your input ran out of data")
+
+
+def objective(search: Search) -> kt.Objective:
+    direction = "min" if "loss" in search.objective else "max"
+    return kt.Objective(search.objective, direction)
+
+
+def make_oracle(search: Search, seed: int) -> kt.Oracle:
+    """The Keras Tuner oracle for `search.algorithm` (Optuna's live in search.optuna_oracle)."""
+    common: dict[str, Any] = {
+        "objective": objective(search),
+        "seed": seed,
+        "max_retries_per_trial": 0,
+        "max_consecutive_failed_trials": MAX_CONSECUTIVE_FAILURES,
+    }
+    options = dict(search.options)
+    if search.algorithm == "random":
+        return kt.oracles.RandomSearchOracle(max_trials=search.max_trials, **common, **options)
+    if search.algorithm == "grid":
+        return kt.oracles.GridSearchOracle(max_trials=search.max_trials, **common, **options)
+    if search.algorithm == "bayesian":
+        return kt.oracles.BayesianOptimizationOracle(max_trials=search.max_trials, **common, **options)
+    if search.algorithm == "hyperband":
+        options.setdefault("factor", 3)
+        return kt.oracles.HyperbandOracle(max_epochs=search.epochs, **common, **options)
+    try:
+        from search import optuna_oracle
+    except ImportError:
+        raise SearchError(
+            f"algorithm {search.algorithm!r} needs the Optuna adapter (search/optuna_oracle.py), "
+            "which is not installed; use random, grid, bayesian or hyperband."
+        ) from None
+    return optuna_oracle.make_oracle(search, seed, **common)
+
+
+class _SpaceHyperModel(kt.HyperModel):
+    """Declares the space's hyperparameters; models are built in `SpaceTuner.run_trial`.
+
+    Keras Tuner calls `build` when the tuner is created, only to discover the space, so
+    it must stay cheap: building a DenseNet201 here would cost seconds and a download.
+    """
+
+    def __init__(self, space: Space):
+        super().__init__(name=space.name)
+        self.space = space
+
+    def build(self, hp: kt.HyperParameters) -> None:
+        self.space.declare(hp)
+
+
+class _EpochHook(keras.callbacks.Callback):
+    def __init__(self, hooks: HookList, search: SearchInfo, trial: TrialInfo):
+        super().__init__()
+        self.hooks, self.search, self.trial = hooks, search, trial
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        logs = dict(logs or {})
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.hooks.on_epoch_end(self.search, self.trial, epoch, logs)
+
+
+class SpaceTuner(base_tuner.BaseTuner):
+    """Runs a space's trials on one dataset; see `search.run` for how it is assembled."""
+
+    def __init__(
+        self,
+        space: Space,
+        data: ImageData,
+        info: SearchInfo,
+        hooks: HookList,
+        strategy: tf.distribute.Strategy,
+        oracle: kt.Oracle,
+        *,
+        overwrite: bool = False,
+        verbose: int = 2,
+    ):
+        self.space, self.data, self.info, self.hooks = space, data, info, hooks
+        self.strategy = strategy
+        self.verbose = verbose
+        self._results: dict[str, TrialResult] = {}
+        self.last_error: str | None = None
+        super().__init__(
+            oracle=oracle,
+            hypermodel=_SpaceHyperModel(space),
+            directory=str(info.space_dir),
+            project_name="tuner",
+            overwrite=overwrite,
+        )
+
+    # Paths -------------------------------------------------------------------------------
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.info.space_dir / "trials" / trial_id
+
+    def trial_number(self, trial: kt.engine.trial.Trial) -> int:
+        return sorted(self.oracle.trials).index(trial.trial_id) + 1
+
+    # Keras Tuner's hooks -----------------------------------------------------------------
+    def on_search_begin(self) -> None:
+        self.hooks.on_search_begin(self.info)
+
+    def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
+        self._current = self._trial_info(trial)
+        self.hooks.on_trial_begin(self.info, self._current)
+
+    def on_trial_end(self, trial: kt.engine.trial.Trial) -> None:
+        result = self._results.pop(trial.trial_id, None)
+        if result is None:  # failed before run_trial could record anything
+            result = TrialResult(status=FAILED, history={}, epochs_run=0, seconds=0.0, error=trial.message)
+        if result.status == FAILED:
+            self.last_error = result.error
+        # Hooks first: the oracle's end_trial raises when too many trials failed in a row,
+        # and this trial's record must be written all the same.
+        self.hooks.on_trial_end(self.info, self._current, result)
+        keras.backend.clear_session()
+        gc.collect()
+        super().on_trial_end(trial)
+
+    def _trial_info(self, trial: kt.engine.trial.Trial) -> TrialInfo:
+        values = trial.hyperparameters.values
+        return TrialInfo(
+            trial_id=trial.trial_id,
+            number=self.trial_number(trial),
+            total=self.space.search.max_trials,
+            values={k: v for k, v in values.items() if not k.startswith("tuner/")},
+            config=self.space.trial_config(values),
+            dir=self.trial_dir(trial.trial_id),
+            epochs=int(values.get("tuner/epochs", self.space.search.epochs)),
+            initial_epoch=int(values.get("tuner/initial_epoch", 0)),
+        )
+
+    # One trial ---------------------------------------------------------------------------
+    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> dict[str, float]:
+        info = self._current
+        info.dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        history: dict[str, list[float]] = {}
+        try:
+            fit = self._fit(trial, info, history)
+        except KeyboardInterrupt:
+            self._results[trial.trial_id] = TrialResult(
+                status=KILLED, history=history, epochs_run=len(history.get("loss", [])),
+                seconds=time.monotonic() - started, error="interrupted",
+            )
+            self.hooks.on_trial_end(self.info, info, self._results.pop(trial.trial_id))
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure becomes a FAILED trial
+            message = _failure_message(e)
+            (info.dir / "error.txt").write_text(traceback.format_exc())
+            self._results[trial.trial_id] = TrialResult(
+                status=FAILED, history=history, epochs_run=len(history.get("loss", [])),
+                seconds=time.monotonic() - started, error=message,
+            )
+            raise kt.errors.FailedTrialError(message) from e
+        self._results[trial.trial_id] = fit
+        return fit.best  # the best epoch's metrics: what the oracle scores the trial by
+
+    def _fit(self, trial: kt.engine.trial.Trial, info: TrialInfo, history: dict[str, list[float]]) -> TrialResult:
+        search, config, data = self.space.search, info.config, self.data
+        replicas = self.strategy.num_replicas_in_sync
+        keras.utils.set_random_seed(self.info.seed * 1000 + info.number)
+        with self.strategy.scope():
+            model = models.build_model(config, data.num_classes)
+            models.compile_model(model, config, replicas=replicas)
+        resume_from = trial.hyperparameters.values.get("tuner/trial_id")
+        if resume_from:  # Hyperband: continue the weights of the trial this one extends
+            model.load_weights(self.trial_dir(resume_from) / "model.keras")
+
+        global_batch = config.batch_size * replicas
+        train = data.dataset(
+            "train", config.image_size, global_batch, augmentation=config.augmentation,
+            shuffle=True, seed=self.info.seed + info.number, repeat=search.steps_per_epoch is not None,
+        )
+        val = data.dataset("val", config.image_size, global_batch)
+        schedule = schedules.learning_rate_schedule(config, info.epochs, replicas)
+        target = objective(search)
+        callbacks: list[keras.callbacks.Callback] = [
+            keras.callbacks.LearningRateScheduler(schedule),
+            keras.callbacks.TerminateOnNaN(),
+            # Always restore the best epoch: it is the one the oracle scores the trial by.
+            keras.callbacks.EarlyStopping(
+                monitor=target.name, mode=target.direction, restore_best_weights=True,
+                patience=search.early_stopping or info.epochs + 1,
+            ),
+            _EpochHook(self.hooks, self.info, info),
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: [history.setdefault(k, []).append(float(v)) for k, v in logs.items()]
+            ),
+            *getattr(self.oracle, "keras_callbacks", lambda trial_id: [])(trial.trial_id),
+        ]
+        started = time.monotonic()
+        fit = model.fit(
+            train, validation_data=val, epochs=info.epochs, initial_epoch=info.initial_epoch,
+            steps_per_epoch=search.steps_per_epoch, callbacks=callbacks, verbose=self.verbose,
+            shuffle=False,  # the dataset is shuffled already
+        )
+        seconds = time.monotonic() - started
+        losses = fit.history.get("loss", [])
+        if any(not math.isfinite(v) for v in losses):
+            raise kt.errors.FailedTrialError(
+                f"the loss became NaN at epoch {len(losses)}; try a lower learning_rate"
+            )
+        return self._save(info, model, fit, seconds)
+
+    def _save(self, info: TrialInfo, model: keras.Model, fit: keras.callbacks.History, seconds: float) -> TrialResult:
+        search, data = self.space.search, self.data
+        model_path = info.dir / "model.keras"
+        model.save(model_path)
+        probabilities = model.predict(data.dataset("val", info.config.image_size, 64), verbose=0)
+        probabilities_path = info.dir / "val_probabilities.npy"
+        np.save(probabilities_path, probabilities.astype(np.float32))
+        labels_path = self.info.space_dir / "val_labels.npy"
+        if not labels_path.exists():
+            np.save(labels_path, data.labels("val"))
+
+        target = objective(search)
+        scores = fit.history.get(target.name, [])
+        pick = np.argmin if target.direction == "min" else np.argmax
+        best_epoch = int(pick(scores)) if scores else 0
+        best = {k: float(v[best_epoch]) for k, v in fit.history.items() if len(v) > best_epoch}
+        epochs_run = len(fit.history.get("loss", []))
+        steps = search.steps_per_epoch
+        train_images = steps * info.config.batch_size * self.strategy.num_replicas_in_sync if steps else data.count("train")
+        result = TrialResult(
+            status=COMPLETED,
+            history={k: [float(x) for x in v] for k, v in fit.history.items()},
+            epochs_run=epochs_run,
+            seconds=seconds,
+            best=best,
+            params=models.count_params(model),
+            size_mb=models.model_size_mb(model_path),
+            model_path=model_path,
+            val_probabilities_path=probabilities_path,
+            train_images=train_images,
+        )
+        self._keep_best_model(info, result)
+        return result
+
+    def _keep_best_model(self, info: TrialInfo, result: TrialResult) -> None:
+        target = objective(self.space.search)
+        score = result.best.get(target.name)
+        best_file = self.info.space_dir / "best.json"
+        previous = json.loads(best_file.read_text()) if best_file.exists() else None
+        better = previous is None or (
+            score is not None
+            and (score < previous["score"] if target.direction == "min" else score > previous["score"])
+        )
+        if better and result.model_path is not None:
+            tmp = self.info.space_dir / "best.keras.tmp"
+            shutil.copyfile(result.model_path, tmp)
+            tmp.replace(self.info.space_dir / "best.keras")
+            best_file.write_text(json.dumps({"trial_id": info.trial_id, "score": score, "objective": target.name}))
+            if self.space.search.keep_models == "best" and previous:
+                (self.trial_dir(previous["trial_id"]) / "model.keras").unlink(missing_ok=True)
+        elif self.space.search.keep_models == "best" and result.model_path is not None:
+            result.model_path.unlink(missing_ok=True)
+
+
+def _failure_message(error: BaseException) -> str:
+    if isinstance(error, tf.errors.ResourceExhaustedError):
+        return "out of memory; try a smaller batch_size or image_size"
+    if isinstance(error, (SearchError, kt.errors.FailedTrialError)):
+        return str(error)
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
