@@ -147,7 +147,8 @@ def test_caffe_preprocessing_is_frozen(built):
 
 
 def test_qubvel_backbone_uses_builtin_layers_only(built):
-    modules = {type(layer).__module__.split(".")[0] for layer in backbone_of(built["efficientnet.EfficientNetB0"]).layers}
+    backbone = backbone_of(built["efficientnet.EfficientNetB0"])
+    modules = {type(layer).__module__.split(".")[0] for layer in backbone.layers}
     assert modules == {"keras"}
 
 
@@ -347,15 +348,20 @@ def test_compile_model_optimizer_and_first_rate(optimizer, schedule, expected_lr
     assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
 
 
-def test_one_fit_step_logs_accuracy(tmp_path):
-    cfg = config(fine_tune="frozen", label_smoothing=0.1, head_width=16)
+def test_fit_with_the_schedule_callback_logs_accuracy_and_rates(tmp_path):
+    from search.schedules import learning_rate_schedule
+
+    cfg = config(fine_tune="frozen", label_smoothing=0.1, head_width=16, schedule="warmup_exp", learning_rate=5e-5)
     model = build_model(cfg, CLASSES)
     compile_model(model, cfg)
-    history = model.fit(pixels(4), np.array([0, 1, 2, 4]), epochs=1, batch_size=4, verbose=0)
-    assert set(history.history) == {"loss", "accuracy"}
-    assert np.isfinite(history.history["loss"][0])
+    scheduler = keras.callbacks.LearningRateScheduler(learning_rate_schedule(cfg, epochs=2))
+    history = model.fit(pixels(4), np.array([0, 1, 2, 4]), epochs=2, batch_size=4, verbose=0, callbacks=[scheduler])
+    assert set(history.history) == {"loss", "accuracy", "learning_rate"}
+    assert history.history["learning_rate"] == pytest.approx([1e-5, 1.8e-5])
+    assert np.all(np.isfinite(history.history["loss"]))
     model.save(tmp_path / "smoothed.keras")
-    assert isinstance(keras.models.load_model(tmp_path / "smoothed.keras").loss, SparseCategoricalCrossentropyWithSmoothing)
+    reloaded = keras.models.load_model(tmp_path / "smoothed.keras")  # compiled: search.models is imported
+    assert isinstance(reloaded.loss, SparseCategoricalCrossentropyWithSmoothing)
 
 
 def test_label_smoothing_loss_matches_categorical_crossentropy():
