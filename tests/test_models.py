@@ -373,3 +373,18 @@ def test_label_smoothing_loss_matches_categorical_crossentropy():
     assert float(smoothed) == pytest.approx(float(reference), rel=1e-6)
     plain = SparseCategoricalCrossentropyWithSmoothing(0.0)(labels, probs)
     assert float(plain) == pytest.approx(float(keras.losses.SparseCategoricalCrossentropy()(labels, probs)), rel=1e-6)
+
+
+def test_noisy_student_weights_are_requested_from_the_efficientnet_package(monkeypatch):
+    import tensorflow as tf
+
+    requested = []
+
+    def offline(fname, *args, **kwargs):
+        requested.append(fname)
+        raise Exception(f"URL fetch failure on https://example/{fname}: None -- offline")
+
+    monkeypatch.setattr(tf.keras.utils, "get_file", offline)
+    with pytest.raises(ModelError, match="could not download the 'noisy-student' weights of efficientnet.EfficientNetB0"):
+        build_model(config(backbone="efficientnet.EfficientNetB0", weights="noisy-student"), CLASSES)
+    assert requested == ["efficientnet-b0_noisy-student_notop.h5"]
