@@ -7,6 +7,7 @@ import time
 from typing import Any, TextIO
 
 from search.hooks import COMPLETED, SearchHooks, SearchInfo, TrialInfo, TrialResult
+from search.results import load_records
 
 
 def _fmt(value: Any) -> str:
@@ -31,6 +32,19 @@ class ConsoleProgress(SearchHooks):
             f"objective {s['objective']} | {search.strategy} | seed {search.seed}"
         )
         self.say(f"Results: {search.space_dir}")
+        records = load_records(search.space_dir)
+        if records:
+            objective = s["objective"]
+            for r in records:
+                score = r["best"].get(objective)
+                if r["status"] == COMPLETED and score is not None:
+                    self._offer(score, r["trial_id"], objective)
+            best = f"; best {self.best[0]:.4f} (trial {self.best[1]})" if self.best else ""
+            self.say(f"Resuming: {len(records)} trial(s) already recorded{best}.")
+
+    def _offer(self, score: float, trial_id: str, objective: str) -> None:
+        if self.best is None or (score < self.best[0] if "loss" in objective else score > self.best[0]):
+            self.best = (score, trial_id)
 
     def on_trial_begin(self, search: SearchInfo, trial: TrialInfo) -> None:
         values = " ".join(f"{k}={_fmt(v)}" for k, v in trial.values.items())
@@ -41,9 +55,7 @@ class ConsoleProgress(SearchHooks):
         score = result.best.get(objective)
         line = f"Trial {trial.number}/{trial.total} {result.status} in {result.seconds:.0f}s"
         if result.status == COMPLETED and score is not None:
-            better = self.best is None or (score < self.best[0] if "loss" in objective else score > self.best[0])
-            if better:
-                self.best = (score, trial.trial_id)
+            self._offer(score, trial.trial_id, objective)
             line += f": {objective} {score:.4f}, {result.epochs_run} epochs, {result.params:,} params"
         elif result.error:
             line += f": {result.error}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import shutil
 import time
 import traceback
@@ -28,7 +29,8 @@ from search import models, schedules
 from search.data import ImageData
 from search.declare import Search
 from search.errors import SearchError
-from search.hooks import COMPLETED, FAILED, KILLED, HookList, SearchInfo, TrialInfo, TrialResult
+from search.hooks import COMPLETED, FAILED, KILLED, PRUNED, HookList, SearchInfo, TrialInfo, TrialResult
+from search.results import write_json
 from search.space import Space
 
 MAX_CONSECUTIVE_FAILURES = 3
@@ -36,6 +38,21 @@ MAX_CONSECUTIVE_FAILURES = 3
 # Keras says this at the end of every validation pass over a dataset of unknown length
 # (ours, since unreadable images are dropped): it is not a problem with the data.
 warnings.filterwarnings("ignore", message="Your input ran out of data")
+
+
+def _ensure_active_values(self: kt.HyperParameters) -> None:
+    """Keras Tuner 1.4.8's version drops a value when any one of several hyperparameters of
+    that name is inactive, so `hp.Fixed("learning_rate", 5e-4, parent_values=["Xception"])`
+    next to `hp.Fixed("learning_rate", 5e-5, parent_values=["DenseNet201"])` lost both."""
+    for hp in self.space:
+        if self.is_active(hp):
+            if hp.name not in self.values:
+                self.values[hp.name] = hp.random_sample()
+        elif not self.is_active(hp.name):  # no other hyperparameter of this name is active
+            self.values.pop(hp.name, None)
+
+
+kt.HyperParameters.ensure_active_values = _ensure_active_values  # type: ignore[method-assign]
 
 
 def objective(search: Search) -> kt.Objective:
@@ -68,7 +85,7 @@ def make_oracle(search: Search, seed: int) -> kt.Oracle:
             f"algorithm {search.algorithm!r} needs the Optuna adapter (search/optuna_oracle.py), "
             "which is not installed; use random, grid, bayesian or hyperband."
         ) from None
-    return optuna_oracle.make_oracle(search, seed, **common)
+    return optuna_oracle.make_oracle(search, **common)  # common carries the seed
 
 
 class _SpaceHyperModel(kt.HyperModel):
@@ -121,7 +138,7 @@ class SpaceTuner(base_tuner.BaseTuner):
             oracle=oracle,
             hypermodel=_SpaceHyperModel(space),
             directory=str(info.space_dir),
-            project_name="tuner",
+            project_name=getattr(oracle, "tuner_project", "tuner"),  # Optuna: one per worker process
             overwrite=overwrite,
         )
 
@@ -130,6 +147,8 @@ class SpaceTuner(base_tuner.BaseTuner):
         return self.info.space_dir / "trials" / trial_id
 
     def trial_number(self, trial: kt.engine.trial.Trial) -> int:
+        if hasattr(self.oracle, "trial_number"):  # shared Optuna study: numbered across workers
+            return self.oracle.trial_number(trial.trial_id)
         return sorted(self.oracle.trials).index(trial.trial_id) + 1
 
     # Keras Tuner's hooks -----------------------------------------------------------------
@@ -146,6 +165,8 @@ class SpaceTuner(base_tuner.BaseTuner):
             result = TrialResult(status=FAILED, history={}, epochs_run=0, seconds=0.0, error=trial.message)
         if result.status == FAILED:
             self.last_error = result.error
+        if hasattr(self.oracle, "record_result"):  # Optuna: its told values, and latency_ms it measured
+            self.oracle.record_result(trial.trial_id, result)
         # Hooks first: the oracle's end_trial raises when too many trials failed in a row,
         # and this trial's record must be written all the same.
         self.hooks.on_trial_end(self.info, self._current, result)
@@ -189,6 +210,8 @@ class SpaceTuner(base_tuner.BaseTuner):
                 seconds=time.monotonic() - started, error=message,
             )
             raise kt.errors.FailedTrialError(message) from e
+        if getattr(self.oracle, "trial_status", lambda trial_id: None)(trial.trial_id) == PRUNED:
+            fit.status = PRUNED  # stopped by the pruner; its model and metrics are kept like any other
         self._results[trial.trial_id] = fit
         return fit.best  # the best epoch's metrics: what the oracle scores the trial by
 
@@ -242,7 +265,9 @@ class SpaceTuner(base_tuner.BaseTuner):
     def _save(self, info: TrialInfo, model: keras.Model, fit: keras.callbacks.History, seconds: float) -> TrialResult:
         search, data = self.space.search, self.data
         model_path = info.dir / "model.keras"
-        model.save(model_path)
+        # An uncompiled view of the same layers: .keras files always carry the optimizer's
+        # state (twice the weights for Adam), which serving and ensembles never use.
+        keras.Model(model.inputs, model.outputs, name=model.name).save(model_path)
         probabilities = model.predict(data.dataset("val", info.config.image_size, 64), verbose=0)
         probabilities_path = info.dir / "val_probabilities.npy"
         np.save(probabilities_path, probabilities.astype(np.float32))
@@ -283,10 +308,10 @@ class SpaceTuner(base_tuner.BaseTuner):
             and (score < previous["score"] if target.direction == "min" else score > previous["score"])
         )
         if better and result.model_path is not None:
-            tmp = self.info.space_dir / "best.keras.tmp"
+            tmp = self.info.space_dir / f"best.keras.{os.getpid()}.tmp"  # per process: workers share it
             shutil.copyfile(result.model_path, tmp)
             tmp.replace(self.info.space_dir / "best.keras")
-            best_file.write_text(json.dumps({"trial_id": info.trial_id, "score": score, "objective": target.name}))
+            write_json(best_file, {"trial_id": info.trial_id, "score": score, "objective": target.name})
             if self.space.search.keep_models == "best" and previous:
                 (self.trial_dir(previous["trial_id"]) / "model.keras").unlink(missing_ok=True)
         elif self.space.search.keep_models == "best" and result.model_path is not None:

@@ -388,3 +388,11 @@ def test_noisy_student_weights_are_requested_from_the_efficientnet_package(monke
     with pytest.raises(ModelError, match="could not download the 'noisy-student' weights of efficientnet.EfficientNetB0"):
         build_model(config(backbone="efficientnet.EfficientNetB0", weights="noisy-student"), CLASSES)
     assert requested == ["efficientnet-b0_noisy-student_notop.h5"]
+
+
+def test_from_scratch_backbones_get_fast_batchnorm_statistics():
+    # Without this, MobileNetV2 (momentum 0.999) trained from scratch for a few hundred steps
+    # predicts at chance in inference mode while its training accuracy is high.
+    model = build_model(TrialConfig(backbone="MobileNetV2", weights="none", image_size=32), 10)
+    momenta = {layer.momentum for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.9}
