@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="a CI-sized search: 2 trials, 1 epoch, 3 steps, small images, weights=none")
     p.add_argument("--dry-run", action="store_true", help="validate the space and the data, print them, train nothing")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--no-ensemble", action="store_true",
+                   help="do not promote an ensemble of the best trials when the search completes")
     return p
 
 
@@ -82,7 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if args.dry_run:
             return _dry_run(space, Path(args.runs_dir))
-        return run_search(space, runs_dir=Path(args.runs_dir), fresh=args.fresh, verbose=0 if args.quiet else 2).exit_code
+        outcome = run_search(space, runs_dir=Path(args.runs_dir), fresh=args.fresh, verbose=0 if args.quiet else 2)
+        # Ensembles (search.ensemble): a completed search promotes its best trials to champion.keras.
+        if outcome.status == "COMPLETED" and not args.no_ensemble:
+            from search.ensemble import after_search
+
+            after_search(args.space, Path(args.runs_dir))
+        return outcome.exit_code
     except SearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -117,7 +125,7 @@ def _prepare_space_dir(space: Any, space_dir: Path, fingerprint: dict[str, Any],
     record = space_dir / "search.json"
     if fresh and space_dir.exists():
         for name in ("tuner", "trials", "trials.csv", "best.keras", "best.json", "val_labels.npy", "search.json",
-                     "mlflow.json"):
+                     "mlflow.json", "champion.keras", "ensemble.json", "ensemble"):
             target = space_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     elif record.exists():
