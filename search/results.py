@@ -27,7 +27,7 @@ def _clean(value: Any) -> Any:
 
 def write_json(path: Path, payload: Any) -> None:
     """Write atomically: a kill mid-write leaves the previous file, never half of one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # per process: workers share space dirs
     tmp.write_text(json.dumps(payload, indent=2, default=str))
     os.replace(tmp, path)
 
@@ -81,7 +81,7 @@ def trials_table(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 def write_trials_csv(space_dir: Path) -> pd.DataFrame:
     table = trials_table(load_records(space_dir))
-    tmp = space_dir / "trials.csv.tmp"
+    tmp = space_dir / f"trials.csv.{os.getpid()}.tmp"
     table.to_csv(tmp, index=False)
     os.replace(tmp, space_dir / "trials.csv")
     return table

@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="NAME=VALUE",
         help="fix a hyperparameter or override a Search/Data setting (repeatable), e.g. --set backbone=MobileNet",
     )
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna algorithms: the study's storage, shared by every worker started with it "
+                        "(postgresql://..., mysql://..., sqlite:///..., or a journal file path); "
+                        "default RUNS_DIR/<space>/optuna.journal")
+    p.add_argument("--study", metavar="NAME", help="Optuna algorithms: the study's name (default: the space's name)")
     p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where results go (default: runs/)")
     p.add_argument("--fresh", action="store_true", help="start this search over instead of resuming it")
     p.add_argument("--smoke", action="store_true", help="a CI-sized search: 2 trials, 1 epoch, 3 steps, small images, weights=none")
@@ -82,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.space, sets=parse_sets(args.set), data_path=args.data, max_trials=args.max_trials,
             epochs=args.epochs, algorithm=args.algorithm, seed=args.seed, smoke=args.smoke,
         )
+        space = _with_storage(space, args.storage, args.study)
         if args.dry_run:
             return _dry_run(space, Path(args.runs_dir))
         outcome = run_search(space, runs_dir=Path(args.runs_dir), fresh=args.fresh, verbose=0 if args.quiet else 2)
@@ -108,6 +114,18 @@ class Outcome:
         return {"COMPLETED": 0, "FAILED": 1, "KILLED": 130}[self.status]
 
 
+def _with_storage(space: Any, storage: str | None, study: str | None) -> Any:
+    """--storage/--study travel to the Optuna oracle in the search's options."""
+    given = {k: v for k, v in (("storage", storage), ("study", study)) if v}
+    if not given:
+        return space
+    if space.search.algorithm not in ("tpe", "cmaes", "gp", "nsga2"):
+        raise SearchError(f"--{next(iter(given))} needs an Optuna algorithm (tpe, cmaes, gp, nsga2), "
+                          f"not {space.search.algorithm!r}; add e.g. --algorithm tpe.")
+    search = dataclasses.replace(space.search, options={**space.search.options, **given})
+    return dataclasses.replace(space, search=search)
+
+
 def _dry_run(space: Any, runs_dir: Path) -> int:
     from search.data import open_data
     from search.space import print_space
@@ -125,6 +143,7 @@ def _prepare_space_dir(space: Any, space_dir: Path, fingerprint: dict[str, Any],
     record = space_dir / "search.json"
     if fresh and space_dir.exists():
         for name in ("tuner", "trials", "trials.csv", "best.keras", "best.json", "val_labels.npy", "search.json",
+                     "optuna.journal", "pareto.csv", "pareto.png",
                      "mlflow.json", "champion.keras", "ensemble.json", "ensemble"):
             target = space_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
@@ -194,6 +213,10 @@ def run_search(space: Any, *, runs_dir: Path = Path("runs"), fresh: bool = False
     hook_list.on_search_end(info, status)
 
     table = write_trials_csv(space_dir)
+    if search.minimize:
+        from search.pareto import finish
+
+        finish(space_dir)
     board = leaderboard(table, search.objective)
     if not board.empty:
         import pandas as pd
