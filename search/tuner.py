@@ -43,10 +43,13 @@ warnings.filterwarnings("ignore", message="Your input ran out of data")
 def _ensure_active_values(self: kt.HyperParameters) -> None:
     """Keras Tuner 1.4.8's version drops a value when any one of several hyperparameters of
     that name is inactive, so `hp.Fixed("learning_rate", 5e-4, parent_values=["Xception"])`
-    next to `hp.Fixed("learning_rate", 5e-5, parent_values=["DenseNet201"])` lost both."""
+    next to `hp.Fixed("learning_rate", 5e-5, parent_values=["DenseNet201"])` lost both, and
+    the grid kept the previous trial's value of an active Fixed one."""
     for hp in self.space:
         if self.is_active(hp):
-            if hp.name not in self.values:
+            if isinstance(hp, kt.engine.hyperparameters.Fixed):
+                self.values[hp.name] = hp.value
+            elif hp.name not in self.values:
                 self.values[hp.name] = hp.random_sample()
         elif not self.is_active(hp.name):  # no other hyperparameter of this name is active
             self.values.pop(hp.name, None)
