@@ -102,7 +102,8 @@ def leaderboard(table: pd.DataFrame, objective: str, *, top: int = 5) -> pd.Data
 
 
 class ResultsWriter(SearchHooks):
-    """Writes each trial's record and refreshes trials.csv as soon as the trial ends."""
+    """Writes each trial's record and refreshes trials.csv: for drivers other than SpaceTuner
+    (which writes them itself, ordered against Keras Tuner's own state)."""
 
     def on_trial_end(self, search: SearchInfo, trial: TrialInfo, result: TrialResult) -> None:
         trial.dir.mkdir(parents=True, exist_ok=True)

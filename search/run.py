@@ -175,7 +175,7 @@ def run_search(space: Any, *, runs_dir: Path = Path("runs"), fresh: bool = False
     from search.data import open_data
     from search.hooks import COMPLETED, FAILED, KILLED, HookList, SearchInfo
     from search.progress import ConsoleProgress
-    from search.results import ResultsWriter, leaderboard, write_trials_csv
+    from search.results import leaderboard, write_trials_csv
     from search.tuner import SpaceTuner, make_oracle
 
     search = space.search
@@ -191,7 +191,7 @@ def run_search(space: Any, *, runs_dir: Path = Path("runs"), fresh: bool = False
         strategy=f"{strategy_module.describe(strategy)}, {precision}",
         replicas=strategy_module.replicas(strategy), seed=search.seed, overrides=dict(space.fixed),
     )
-    hook_list = HookList([ResultsWriter(), ConsoleProgress(), *_tracking_hooks(space), *hooks])
+    hook_list = HookList([ConsoleProgress(), *_tracking_hooks(space), *hooks])
     print(data.describe())
     tuner = SpaceTuner(space, data, info, hook_list, strategy, make_oracle(search, search.seed),
                        overwrite=fresh, verbose=verbose)

@@ -30,7 +30,7 @@ from search.data import ImageData
 from search.declare import Search
 from search.errors import SearchError
 from search.hooks import COMPLETED, FAILED, KILLED, PRUNED, HookList, SearchInfo, TrialInfo, TrialResult
-from search.results import write_json
+from search.results import trial_record, write_json, write_trials_csv
 from search.space import Space
 
 MAX_CONSECUTIVE_FAILURES = 3
@@ -170,12 +170,25 @@ class SpaceTuner(base_tuner.BaseTuner):
             self.last_error = result.error
         if hasattr(self.oracle, "record_result"):  # Optuna: its told values, and latency_ms it measured
             self.oracle.record_result(trial.trial_id, result)
-        # Hooks first: the oracle's end_trial raises when too many trials failed in a row,
-        # and this trial's record must be written all the same.
+        # Record, then let the oracle save: a kill between the two re-runs this trial on
+        # resume rather than losing its record. end_trial raises when too many trials
+        # failed in a row; this trial is still written and reported before that stops us.
+        self._record(self._current, result)
+        stop: RuntimeError | None = None
+        try:
+            super().on_trial_end(trial)
+        except RuntimeError as e:
+            stop = e
+        write_trials_csv(self.info.space_dir)
         self.hooks.on_trial_end(self.info, self._current, result)
         keras.backend.clear_session()
         gc.collect()
-        super().on_trial_end(trial)
+        if stop is not None:
+            raise stop
+
+    def _record(self, info: TrialInfo, result: TrialResult) -> None:
+        info.dir.mkdir(parents=True, exist_ok=True)
+        write_json(info.dir / "result.json", trial_record(info, result))
 
     def _trial_info(self, trial: kt.engine.trial.Trial) -> TrialInfo:
         values = trial.hyperparameters.values
@@ -199,11 +212,13 @@ class SpaceTuner(base_tuner.BaseTuner):
         try:
             fit = self._fit(trial, info, history)
         except KeyboardInterrupt:
-            self._results[trial.trial_id] = TrialResult(
+            killed = TrialResult(
                 status=KILLED, history=history, epochs_run=len(history.get("loss", [])),
                 seconds=time.monotonic() - started, error="interrupted",
             )
-            self.hooks.on_trial_end(self.info, info, self._results.pop(trial.trial_id))
+            self._record(info, killed)  # re-run on resume (Keras Tuner still has it RUNNING)
+            write_trials_csv(self.info.space_dir)
+            self.hooks.on_trial_end(self.info, info, killed)
             raise
         except Exception as e:  # noqa: BLE001 - every failure becomes a FAILED trial
             message = _failure_message(e)

@@ -76,9 +76,10 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": ""}
     process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trials = tmp_path / "digits" / "trials"
+    table_file = tmp_path / "digits" / "trials.csv"  # written once Keras Tuner has saved the trial
     deadline = time.monotonic() + 300
-    while not list(trials.glob("*/result.json")) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    while not table_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
     first = list(trials.glob("*/result.json"))
