@@ -356,7 +356,13 @@ class _ReportCallback(keras.callbacks.Callback):
         value = (logs or {}).get(self.oracle.metric)
         if trial is None or self.oracle.multi or value is None or not math.isfinite(value):
             return
-        trial.report(float(value), epoch + 1)
+        try:
+            trial.report(float(value), epoch + 1)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            raise kt.errors.FailedTrialError(
+                f"another worker took Optuna trial {trial.number} for dead (no heartbeat for "
+                f"{self.oracle.grace_period:.0f}s) and queued it again; on a busy machine raise "
+                "Search(options={'grace_period': ...})") from None
         if epoch + 1 < self.oracle.search.epochs and trial.should_prune():
             self.oracle._pruned.add(self.trial_id)
             self.model.stop_training = True

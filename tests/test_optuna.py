@@ -209,14 +209,15 @@ def test_front_table_keeps_only_undominated_trials():
 # Many workers ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_three_workers_share_one_study_and_survive_a_killed_one(tmp_path):
-    """3 workers, 12 trials, one journal; one extra worker is SIGKILLed mid-trial."""
+    """3 workers, 12 trials, one journal; one extra worker is SIGKILLed mid-trial (its pid is gone: failed
+    and queued again at once; the heartbeat path is tested above)."""
     runs = tmp_path / "runs"
     runs.mkdir()
     (tmp_path / "mlflow.yaml").write_text("enabled: true\nlog_models: none\nflush_seconds: 60\n")
     storage = str(tmp_path / "study.journal")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     args = ["--algorithm", "tpe", "--max-trials", "12", "--storage", storage,
-            "--set", "options={'heartbeat_interval': 2, 'grace_period': 8}"]
+            "--set", "options={'heartbeat_interval': 2, 'grace_period': 60}"]  # a loaded CI machine beats late
     victim = worker(DIGITS, runs, *args, env=env)
     deadline = time.monotonic() + 300
     study = None
