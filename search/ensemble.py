@@ -94,9 +94,15 @@ def _test_scores(
 
 def promote(
     saved: SavedSearch, *, top_k: int = 2, rounds: int = 50, refit: bool = False, track: bool = True,
-    verbose: int = 0,
+    method: str = "auto", verbose: int = 0,
 ) -> dict[str, Any]:
-    """Choose, save and log the promoted model of a finished search; returns ensemble.json's content."""
+    """Choose, save and log the promoted model of a finished search; returns ensemble.json's content.
+
+    `method` "auto" promotes the better ensemble only when it beats the best single trial;
+    "best_single", "top_k" or "greedy" promote that candidate whatever the scores.
+    """
+    if method not in ("auto", *LABELS):
+        raise SearchError(f"--method must be auto, {', '.join(LABELS)}; got {method!r}.")
     space_dir = saved.space_dir
     trials, notes = finished_trials(space_dir)
     if not trials:
@@ -122,7 +128,10 @@ def promote(
     single = best_single(probabilities, labels)
     candidates = [single, top_k_average(probabilities, labels, top_k), greedy_selection(probabilities, labels, rounds=rounds)]
     best_ensemble = max(candidates[1:], key=lambda s: s.score)  # top-k first on ties: the report's method
-    if best_ensemble.size > 1 and beats(best_ensemble, single):
+    if method != "auto":
+        promoted = next(c for c in candidates if c.method == method)
+        reason = f"chosen with --method {method}"
+    elif best_ensemble.size > 1 and beats(best_ensemble, single):
         promoted = best_ensemble
         reason = (f"it beats the best single trial {single.members[0]} on val: accuracy "
                   f"{promoted.val_accuracy:.4f} vs {single.val_accuracy:.4f}, log-loss "
@@ -240,9 +249,7 @@ def _track(saved: SavedSearch, model: Any, summary: dict[str, Any], promoted: Se
         )
     except Exception as e:  # noqa: BLE001 - tracking must never fail a promotion
         first = (str(e).strip().splitlines() or [""])[0][:300]
-        message = f"MLflow logging failed ({type(e).__name__}: {first}); the champion is saved on disk regardless."
-        print(f"warning: {message}", file=sys.stderr)
-        return message
+        return f"warning: MLflow logging failed ({type(e).__name__}: {first}); the champion is saved on disk regardless."
 
 
 def _print(summary: dict[str, Any]) -> None:
@@ -256,7 +263,7 @@ def _print(summary: dict[str, Any]) -> None:
         test = f" {r['test_accuracy']:>9.4f}" if "test_accuracy" in r else (" " * 10 if with_test else "")
         print(f"  {LABELS[method]:<18} {r['val_accuracy']:>8.4f} {r['val_log_loss']:>9.4f}{test}  {members}")
     promoted = summary["promoted"]
-    members = " + ".join(promoted["members"])
+    members = " + ".join(m if w == 1 else f"{m} x{w}" for m, w in zip(promoted["members"], promoted["weights"]))
     print(f"Promoted: {LABELS[promoted['method']]} ({members}); {summary['reason']}.")
     if "model_max_abs_diff" in promoted:
         print(f"  saved model reloaded: val accuracy {promoted['model_val_accuracy']:.4f}, "
@@ -266,7 +273,7 @@ def _print(summary: dict[str, Any]) -> None:
         print(f"  refit on train+val: its val score cannot be measured honestly{refit_test}")
     print(f"Champion: {promoted['model']}  (details: {Path(promoted['model']).parent / SUMMARY_FILE})")
     if summary.get("mlflow"):
-        print(summary["mlflow"])
+        print(summary["mlflow"], file=sys.stderr if summary["mlflow"].startswith("warning:") else sys.stdout)
 
 
 def after_search(space: str, runs_dir: Path) -> None:
@@ -288,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the search's results are (default: runs/)")
     p.add_argument("--top-k", type=int, default=2, metavar="K", help="how many best trials top-k averaging takes (default 2, as the report)")
     p.add_argument("--rounds", type=int, default=50, metavar="N", help="rounds of greedy selection (default 50)")
+    p.add_argument("--method", default="auto", choices=["auto", "best-single", "top-k", "greedy"],
+                   help="auto (default): the better ensemble if it beats the best single trial; else force one")
     p.add_argument("--refit", action="store_true", help="retrain the promoted members on train+val before saving")
     p.add_argument("--no-tracking", action="store_true", help="do not log or register the model in MLflow")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines during --refit")
@@ -300,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         saved = locate(args.space, Path(args.runs_dir))
         promote(saved, top_k=args.top_k, rounds=args.rounds, refit=args.refit, track=not args.no_tracking,
-                verbose=0 if args.quiet else 2)
+                method=args.method.replace("-", "_"), verbose=0 if args.quiet else 2)
     except SearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -138,6 +138,16 @@ def test_promote_saves_the_better_ensemble_as_one_model(tmp_path):
     np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-6)
 
 
+def test_an_unreachable_tracking_server_only_warns(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    probabilities, labels = complementary_pair()
+    saved = fake_search(tmp_path, probabilities, labels)
+    summary = ensemble.promote(saved)
+    assert summary["mlflow"].startswith("warning: MLflow logging failed")
+    assert (saved.space_dir / "champion.keras").is_file()
+    assert capsys.readouterr().err.count("MLflow logging failed") == 1
+
+
 def test_cli_reports_a_search_without_finished_trials_in_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "search.json").write_text("{}")
@@ -273,11 +283,13 @@ def test_refit_on_train_val_scored_on_a_labelled_test_split(tmp_path, capsys):
     args = [str(space), "--smoke", "--runs-dir", str(runs), "--quiet"]
     assert run.main([*args, "--no-ensemble"]) == 0
     assert not (runs / "tiny" / "ensemble.json").exists()
-    assert ensemble.main([str(space), "--runs-dir", str(runs), "--refit", "--no-tracking", "--quiet"]) == 0
+    assert ensemble.main([str(space), "--runs-dir", str(runs), "--refit", "--method", "top-k", "--no-tracking",
+                          "--quiet"]) == 0
     summary = json.loads((runs / "tiny" / "ensemble.json").read_text())
     assert summary["refit"] is True
     assert all("test_accuracy" in c for c in summary["candidates"].values())
     assert "test_accuracy" in summary["promoted"]
+    assert summary["promoted"]["method"] == "top_k" and summary["reason"] == "chosen with --method top_k"
     assert any("train+val" in note for note in summary["notes"])
     assert "cannot be measured honestly" in capsys.readouterr().out
     for member in summary["promoted"]["members"]:
