@@ -9,6 +9,7 @@ warning: an unreachable tracking server must never fail a promotion.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import urllib.parse
@@ -91,10 +92,16 @@ def log_promotion(
     client = MlflowClient(uri)
     promoted = summary["promoted"]
     name = config.registered_model_name.format(space=space) if config.registered_model_name else None
+    tags = {"kind": "ensemble", "space": space, "promoted": promoted["method"], "refit": str(summary["refit"])}
+    search_run = runs_dir / space / "mlflow.json"  # nest under the search's run when it is in this store
+    if search_run.exists():
+        record = json.loads(search_run.read_text())
+        if record.get("tracking_uri") == uri and record.get("run_id"):
+            tags["mlflow.parentRunId"] = record["run_id"]
     with mlflow.start_run(
         experiment_id=_experiment_id(client, experiment, uri, config.artifact_location),
         run_name=f"promoted: {promoted['method']}",
-        tags={"kind": "ensemble", "space": space, "promoted": promoted["method"], "refit": str(summary["refit"])},
+        tags=tags,
     ) as run:
         mlflow.log_params({
             "method": promoted["method"],

@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="a CI-sized search: 2 trials, 1 epoch, 3 steps, small images, weights=none")
     p.add_argument("--dry-run", action="store_true", help="validate the space and the data, print them, train nothing")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--no-tracking", action="store_true", help="no MLflow tracking for this search (mlflow.yaml's enabled: false)")
     p.add_argument("--no-ensemble", action="store_true",
                    help="do not promote an ensemble of the best trials when the search completes")
     return p
@@ -90,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         space = _with_storage(space, args.storage, args.study)
         if args.dry_run:
             return _dry_run(space, Path(args.runs_dir))
-        outcome = run_search(space, runs_dir=Path(args.runs_dir), fresh=args.fresh, verbose=0 if args.quiet else 2)
+        outcome = run_search(space, runs_dir=Path(args.runs_dir), fresh=args.fresh, verbose=0 if args.quiet else 2,
+                             tracking=not args.no_tracking)
         # Ensembles (search.ensemble): a completed search promotes its best trials to champion.keras.
         if outcome.status == "COMPLETED" and not args.no_ensemble:
             from search.ensemble import after_search
@@ -151,7 +153,7 @@ def _prepare_space_dir(space: Any, space_dir: Path, fingerprint: dict[str, Any],
         import json
 
         previous = json.loads(record.read_text())
-        if previous.get("data", {}).get("content") != fingerprint.get("content"):
+        if previous.get("data", {}).get("content_hash") != fingerprint.get("content_hash"):
             raise SearchError(
                 f"{space_dir} holds a search on other data ({previous.get('data', {}).get('root')}); "
                 "resuming would mix results. Pass --fresh to start over, or --runs-dir DIR to keep both."
@@ -169,8 +171,9 @@ def _prepare_space_dir(space: Any, space_dir: Path, fingerprint: dict[str, Any],
 
 
 def run_search(space: Any, *, runs_dir: Path = Path("runs"), fresh: bool = False, verbose: int = 2,
-               hooks: Sequence[Any] = ()) -> Outcome:
-    """Run or resume `space`'s search; returns how it ended and the trials table."""
+               hooks: Sequence[Any] = (), tracking: bool = True) -> Outcome:
+    """Run or resume `space`'s search; returns how it ended and the trials table.
+    `tracking=False` leaves MLflow out whatever mlflow.yaml says."""
     from search import strategy as strategy_module
     from search.data import open_data
     from search.hooks import COMPLETED, FAILED, KILLED, HookList, SearchInfo
@@ -191,7 +194,7 @@ def run_search(space: Any, *, runs_dir: Path = Path("runs"), fresh: bool = False
         strategy=f"{strategy_module.describe(strategy)}, {precision}",
         replicas=strategy_module.replicas(strategy), seed=search.seed, overrides=dict(space.fixed),
     )
-    hook_list = HookList([ConsoleProgress(), *_tracking_hooks(space), *hooks])
+    hook_list = HookList([ConsoleProgress(), *(_tracking_hooks(space) if tracking else []), *hooks])
     print(data.describe())
     tuner = SpaceTuner(space, data, info, hook_list, strategy, make_oracle(search, search.seed),
                        overwrite=fresh, verbose=verbose)

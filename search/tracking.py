@@ -257,7 +257,8 @@ class MlflowTracker(SearchHooks):
             [self.experiment_id], order_by=["attributes.start_time DESC"], max_results=1,
             filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}' and tags.trial_id = '{trial_id}'")
         if runs:
-            self._log_model(runs[0].info.run_id, model_file, register=True)
+            # Registered only when promoted (search.ensemble): the registry holds what is served.
+            self._log_model(runs[0].info.run_id, model_file, register=False)
             self.client.set_tag(self.parent_id, "best_model_trial_id", trial_id)
 
     def _log_model(self, run_id: str, path: Path, *, register: bool) -> None:

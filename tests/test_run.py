@@ -159,3 +159,15 @@ def test_option_typo_suggests_the_option():
     result = cli(DIGITS, "--max-trails", "3")
     assert result.returncode == 2
     assert "Did you mean '--max-trials'" in result.stderr
+
+
+def test_resuming_on_other_data_is_refused(tmp_path):
+    from search.errors import SearchError
+
+    space = load_space(DIGITS, smoke=True)
+    space_dir = tmp_path / "digits"
+    run._prepare_space_dir(space, space_dir, {"root": "/data/a", "content_hash": "aaa"}, fresh=False)
+    run._prepare_space_dir(space, space_dir, {"root": "/data/a", "content_hash": "aaa"}, fresh=False)
+    with pytest.raises(SearchError, match="other data"):
+        run._prepare_space_dir(space, space_dir, {"root": "/data/b", "content_hash": "bbb"}, fresh=False)
+    run._prepare_space_dir(space, space_dir, {"root": "/data/b", "content_hash": "bbb"}, fresh=True)
