@@ -173,11 +173,7 @@ class ImageData:
             )
 
         def load(data: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
-            image.set_shape([None, None, 3])
-            image = tf.image.resize(image, [image_size, image_size])
-            # uint8 in the cache: a quarter of the memory of float32, same pixels after rounding.
-            return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), target
+            return decode_image(data, image_size), target
 
         ds = source.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.ignore_errors(log_warning=True)
@@ -185,6 +181,18 @@ class ImageData:
             ds = ds.cache()
             self._cached[key] = ds
         return ds
+
+
+def decode_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Encoded image bytes -> (size, size, 3) uint8 RGB, exactly as training sees them.
+
+    Prediction, feature maps and export use this too, so a served model gets the pixels it
+    was trained on. uint8 because the training cache holds a quarter of float32's bytes.
+    """
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    image = tf.image.resize(image, [image_size, image_size])
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
 def _to_float(images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

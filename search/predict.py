@@ -38,13 +38,11 @@ def champion_path(space_dir: Path) -> tuple[Path, str]:
 
 
 def _pixels(encoded: Any, size: int) -> Any:
-    """Decode and resize as `search.data` does for training: bilinear, rounded to uint8 levels."""
     import tensorflow as tf
 
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    image = tf.image.resize(image, [size, size])
-    return tf.cast(tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), tf.float32)
+    from search.data import decode_image
+
+    return tf.cast(decode_image(encoded, size), tf.float32)
 
 
 def _find_inputs(path: Path) -> tuple[str, list[Path]]:
