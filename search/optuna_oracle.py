@@ -25,7 +25,6 @@ from typing import Any
 
 import keras
 import keras_tuner as kt
-import numpy as np
 import optuna
 from keras_tuner.src.engine import trial as trial_module
 from optuna.trial import TrialState
@@ -331,19 +330,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def latency_ms(model: keras.Model, runs: int = 10) -> float:
-    """Median wall time of one single-image forward pass, in milliseconds."""
-    image = np.zeros((1, *model.input_shape[1:]), dtype="float32")
-    for _ in range(2):  # the first calls trace and allocate
-        model(image, training=False)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        model(image, training=False)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times) * 1000)
-
-
 class _ReportCallback(keras.callbacks.Callback):
     """Reports the objective after each epoch; stops training when the pruner says so."""
 
@@ -369,4 +355,6 @@ class _ReportCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         if self.oracle.search.minimize == "latency_ms":  # after EarlyStopping restored the best weights
+            from search.pareto import latency_ms
+
             self.oracle._latency[self.trial_id] = latency_ms(self.model)

@@ -9,9 +9,11 @@ the front highlighted. Computed from the trial records, so it needs no Optuna st
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from search.hooks import COMPLETED
@@ -90,3 +92,16 @@ def finish(space_dir: Path) -> list[Path]:
             return paths
         print(tracking.log_report(space_dir, paths))
     return paths
+
+
+def latency_ms(model: Any, runs: int = 10) -> float:
+    """Median wall time of one single-image forward pass, in milliseconds."""
+    image = np.zeros((1, *model.input_shape[1:]), dtype="float32")
+    for _ in range(2):  # the first calls trace and allocate
+        model(image, training=False)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        model(image, training=False)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times) * 1000)
