@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/tracking_overhead.py [--epochs 3] [--max-trials 2]
 
-Runs a smoke search of the digits demo into runs/bench/ with a fresh SQLite store, metrics
+Runs a smoke search of the digits demo into runs/bench/tracking_overhead/ with a fresh SQLite store, metrics
 flushed every epoch (the worst case: mlflow.yaml's flush_seconds batches more), and times
 every call into the tracker's hooks. Prints a table and writes runs/bench/tracking_overhead.json.
 """
@@ -47,13 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-trials", type=int, default=2)
     args = p.parse_args(argv)
     out = Path("runs/bench")
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out.resolve()}/mlflow.db"
+    work = out / "tracking_overhead"  # its own folder: runs/bench/ holds the other benchmarks' results
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work.resolve()}/mlflow.db"
     tracker = tracking.MlflowTracker(TrackingConfig(flush_seconds=0))
     stopwatch = _Stopwatch(tracker)
     tracking.hooks_for = lambda space: [tracker, stopwatch]  # type: ignore[assignment]
-    code = run.main(["spaces/digits.py", "--smoke", "--quiet", "--runs-dir", str(out),
+    code = run.main(["spaces/digits.py", "--smoke", "--quiet", "--runs-dir", str(work),
                      "--epochs", str(args.epochs), "--max-trials", str(args.max_trials)])
 
     epochs = sum(r["epochs"] for r in stopwatch.rows)

@@ -8,7 +8,6 @@ turns every way a trial can go wrong into a FAILED trial instead of a dead searc
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import os
@@ -181,8 +180,7 @@ class SpaceTuner(base_tuner.BaseTuner):
             stop = e
         write_trials_csv(self.info.space_dir)
         self.hooks.on_trial_end(self.info, self._current, result)
-        keras.backend.clear_session()
-        gc.collect()
+        keras.backend.clear_session()  # also runs gc.collect(): a second full collection cost ~1 s a trial
         if stop is not None:
             raise stop
 

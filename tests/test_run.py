@@ -171,3 +171,19 @@ def test_resuming_on_other_data_is_refused(tmp_path):
     with pytest.raises(SearchError, match="other data"):
         run._prepare_space_dir(space, space_dir, {"root": "/data/b", "content_hash": "bbb"}, fresh=False)
     run._prepare_space_dir(space, space_dir, {"root": "/data/b", "content_hash": "bbb"}, fresh=True)
+
+
+def test_no_tracking_leaves_mlflow_out(tmp_path, monkeypatch):
+    from search import models, tracking
+
+    def no_build(config, num_classes):
+        raise RuntimeError("no training needed here")
+
+    def no_tracking(space):
+        raise AssertionError("tracking hooks were asked for with tracking=False")
+
+    monkeypatch.setattr(models, "build_model", no_build)
+    monkeypatch.setattr(tracking, "hooks_for", no_tracking)
+    run.run_search(load_space(DIGITS, smoke=True), runs_dir=tmp_path, verbose=0, tracking=False)
+    assert not (tmp_path / "digits" / "mlflow.json").exists()
+    assert run.build_parser().parse_args([DIGITS, "--no-tracking"]).no_tracking
