@@ -128,6 +128,25 @@ def _with_storage(space: Any, storage: str | None, study: str | None) -> Any:
     return dataclasses.replace(space, search=search)
 
 
+def redact(url: str) -> str:
+    """A storage URL without its password, fit for files and tags others can read."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def recorded_settings(search: Any) -> dict[str, Any]:
+    """The Search settings as search.json and MLflow record them: no secrets."""
+    settings = dataclasses.asdict(search)
+    if isinstance(settings["options"].get("storage"), str):
+        settings["options"] = {**settings["options"], "storage": redact(settings["options"]["storage"])}
+    return settings
+
+
 def _dry_run(space: Any, runs_dir: Path) -> int:
     from search.data import open_data
     from search.space import print_space
@@ -166,7 +185,7 @@ def _prepare_space_dir(space: Any, space_dir: Path, fingerprint: dict[str, Any],
     space_dir.mkdir(parents=True, exist_ok=True)
     write_json(record, {
         "space": str(space.path), "space_sha256": space.sha256, "seed": space.search.seed,
-        "settings": dataclasses.asdict(space.search), "fixed": dict(space.fixed), "data": fingerprint,
+        "settings": recorded_settings(space.search), "fixed": dict(space.fixed), "data": fingerprint,
     })
 
 
@@ -190,7 +209,7 @@ def run_search(space: Any, *, runs_dir: Path = Path("runs"), fresh: bool = False
 
     info = SearchInfo(
         name=space.name, space_path=space.path, space_dir=space_dir,
-        settings=dataclasses.asdict(search), data=data.fingerprint,
+        settings=recorded_settings(search), data=data.fingerprint,
         strategy=f"{strategy_module.describe(strategy)}, {precision}",
         replicas=strategy_module.replicas(strategy), seed=search.seed, overrides=dict(space.fixed),
     )

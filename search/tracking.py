@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +29,27 @@ from search import plots
 from search.hooks import COMPLETED, FAILED, KILLED, PRUNED, SearchHooks, SearchInfo, TrialInfo, TrialResult
 from search.results import write_json
 from search.tracking_config import TrackingConfig, load_config, search_tags, tracking_uri, unreachable, version
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _worker_alive(worker: str | None) -> bool:
+    """Whether the process that tagged a run `host:pid` may still be running it."""
+    host, _, pid = (worker or "").rpartition(":")
+    if not host or not pid.isdigit():
+        return False
+    if host != socket.gethostname():
+        return True  # cannot tell from here
+    if int(pid) == os.getpid():
+        return False  # an earlier search in this process: it is over
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 
 RUN_STATUS = {COMPLETED: "FINISHED", PRUNED: "FINISHED", FAILED: "FAILED", KILLED: "KILLED"}
 TAG_LIMIT = 5000
@@ -132,11 +154,18 @@ class MlflowTracker(SearchHooks):
         return self.client.create_run(self.experiment_id, run_name=search.name).info.run_id
 
     def _kill_stale(self, parent_id: str) -> None:
-        """Trial runs still RUNNING belong to a process that died: they will never end."""
-        stale = self.client.search_runs(
+        """Trial runs still RUNNING whose process died will never end: mark them KILLED.
+
+        Other workers of a shared study may be running trials right now: a run is stale only
+        when its worker is a process of this machine that no longer exists (or is untagged).
+        A dead worker on another machine is left for its own next start to clean up.
+        """
+        running = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'")
-        for run in stale:
+        for run in running:
+            if _worker_alive(run.data.tags.get("worker")):
+                continue
             self.client.set_tag(run.info.run_id, "status", KILLED)
             self.client.set_terminated(run.info.run_id, "KILLED")
 
@@ -162,7 +191,8 @@ class MlflowTracker(SearchHooks):
 
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number:03d}-{trial.trial_id}", tags={
             "mlflow.parentRunId": self.parent_id, "trial_id": trial.trial_id,
-            "trial_number": str(trial.number), "status": "RUNNING", "backbone": trial.config.backbone})
+            "trial_number": str(trial.number), "status": "RUNNING", "backbone": trial.config.backbone,
+            "worker": WORKER})
         values = {**trial.config.as_dict(), **trial.values, "epochs": trial.epochs}
         if trial.initial_epoch:
             values["initial_epoch"] = trial.initial_epoch

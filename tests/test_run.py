@@ -187,3 +187,13 @@ def test_no_tracking_leaves_mlflow_out(tmp_path, monkeypatch):
     run.run_search(load_space(DIGITS, smoke=True), runs_dir=tmp_path, verbose=0, tracking=False)
     assert not (tmp_path / "digits" / "mlflow.json").exists()
     assert run.build_parser().parse_args([DIGITS, "--no-tracking"]).no_tracking
+
+
+def test_storage_passwords_are_not_recorded():
+    from search.declare import Search
+
+    search = Search(algorithm="tpe", options={"storage": "postgresql://optuna:s3cret@db-host:5432/optuna"})
+    recorded = run.recorded_settings(search)
+    assert recorded["options"]["storage"] == "postgresql://optuna:***@db-host:5432/optuna"
+    assert run.redact("runs/x/optuna.journal") == "runs/x/optuna.journal"
+    assert search.options["storage"].endswith("s3cret@db-host:5432/optuna")  # the search itself still connects

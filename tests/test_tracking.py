@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -177,3 +178,16 @@ def test_config_rejects_unknown_keys_and_env_overrides_uri(tmp_path, monkeypatch
     assert tracking_uri(TrackingConfig(), tmp_path, "x") == "http://tracking.example:5000"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert tracking_uri(TrackingConfig(), tmp_path, "x") == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_only_runs_of_dead_local_workers_count_as_stale():
+    import socket
+    import subprocess
+
+    here = socket.gethostname()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert not tracking._worker_alive(f"{here}:{gone.pid}")
+    assert not tracking._worker_alive(None)  # runs from before workers were tagged
+    assert tracking._worker_alive(f"{here}:{os.getppid()}")  # a live process of this machine
+    assert tracking._worker_alive("another-machine:12345")  # cannot tell: leave it alone
