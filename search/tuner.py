@@ -43,10 +43,11 @@ def _ensure_active_values(self: kt.HyperParameters) -> None:
     """Keras Tuner 1.4.8's version drops a value when any one of several hyperparameters of
     that name is inactive, so `hp.Fixed("learning_rate", 5e-4, parent_values=["Xception"])`
     next to `hp.Fixed("learning_rate", 5e-5, parent_values=["DenseNet201"])` lost both, and
-    the grid kept the previous trial's value of an active Fixed one."""
+    the grid kept the previous trial's value for the one that is active now. (A lone Fixed
+    keeps the value it is given: the tuner sets pinned parents to reach every condition.)"""
     for hp in self.space:
         if self.is_active(hp):
-            if isinstance(hp, kt.engine.hyperparameters.Fixed):
+            if isinstance(hp, kt.engine.hyperparameters.Fixed) and len(self._hps[hp.name]) > 1:
                 self.values[hp.name] = hp.value
             elif hp.name not in self.values:
                 self.values[hp.name] = hp.random_sample()
