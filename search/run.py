@@ -92,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             return _dry_run(space, Path(args.runs_dir))
         outcome = run_search(space, runs_dir=Path(args.runs_dir), fresh=args.fresh, verbose=0 if args.quiet else 2,
-                             tracking=not args.no_tracking)
+                             tracking=not args.no_tracking, recycle=True)
+        if outcome.status == RECYCLE:
+            _continue_in_fresh_process(sys.argv[1:] if argv is None else list(argv), space.search.trials_per_process)
         # Ensembles (search.ensemble): a completed search promotes its best trials to champion.keras.
         if outcome.status == "COMPLETED" and not args.no_ensemble:
             from search.ensemble import after_search
@@ -104,16 +106,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+RECYCLE = "RECYCLE"
+
+
+def _continue_in_fresh_process(argv: list[str], trials: int | None) -> None:
+    """Replace this process by the same command, which resumes the search (never --fresh)."""
+    print(f"\n{trials} trial(s) ran in this process: continuing in a fresh one to release "
+          "TensorFlow's memory (Search(trials_per_process=...)).", flush=True)
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "search.run", *[a for a in argv if a != "--fresh"]])
+
+
 @dataclasses.dataclass
 class Outcome:
-    status: str  # COMPLETED, FAILED, KILLED
+    status: str  # COMPLETED, FAILED, KILLED, or RECYCLE (stopped to go on in a fresh process)
     space_dir: Path
     table: Any  # pandas.DataFrame of trials
     message: str = ""
 
     @property
     def exit_code(self) -> int:
-        return {"COMPLETED": 0, "FAILED": 1, "KILLED": 130}[self.status]
+        return {"COMPLETED": 0, "FAILED": 1, "KILLED": 130, RECYCLE: 0}[self.status]
 
 
 def _with_storage(space: Any, storage: str | None, study: str | None) -> Any:
@@ -190,15 +203,19 @@ def _prepare_space_dir(space: Any, space_dir: Path, fingerprint: dict[str, Any],
 
 
 def run_search(space: Any, *, runs_dir: Path = Path("runs"), fresh: bool = False, verbose: int = 2,
-               hooks: Sequence[Any] = (), tracking: bool = True) -> Outcome:
+               hooks: Sequence[Any] = (), tracking: bool = True, recycle: bool = False) -> Outcome:
     """Run or resume `space`'s search; returns how it ended and the trials table.
-    `tracking=False` leaves MLflow out whatever mlflow.yaml says."""
+
+    `tracking=False` leaves MLflow out whatever mlflow.yaml says. `recycle=True` stops after
+    the space's `trials_per_process` trials with status RECYCLE, the search still open, for
+    the caller to resume in a fresh process (the command line does).
+    """
     from search import strategy as strategy_module
     from search.data import open_data
     from search.hooks import COMPLETED, FAILED, KILLED, HookList, SearchInfo
     from search.progress import ConsoleProgress
     from search.results import leaderboard, write_trials_csv
-    from search.tuner import SpaceTuner, make_oracle
+    from search.tuner import Recycle, SpaceTuner, make_oracle
 
     search = space.search
     data = open_data(space.data, runs_dir=runs_dir, seed=search.seed)
@@ -216,12 +233,15 @@ def run_search(space: Any, *, runs_dir: Path = Path("runs"), fresh: bool = False
     hook_list = HookList([ConsoleProgress(), *(_tracking_hooks(space) if tracking else []), *hooks])
     print(data.describe())
     tuner = SpaceTuner(space, data, info, hook_list, strategy, make_oracle(search, search.seed),
-                       overwrite=fresh, verbose=verbose)
+                       overwrite=fresh, verbose=verbose,
+                       trials_per_process=search.trials_per_process if recycle else None)
 
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     status, message = COMPLETED, ""
     try:
         tuner.search(verbose=0)  # our ConsoleProgress replaces Keras Tuner's display
+    except Recycle:
+        status = RECYCLE
     except KeyboardInterrupt:
         status, message = KILLED, "interrupted: re-run the same command to resume where it stopped."
     except RuntimeError as e:
@@ -232,6 +252,8 @@ def run_search(space: Any, *, runs_dir: Path = Path("runs"), fresh: bool = False
                    f"the last with: {tuner.last_error}. Details: {space_dir}/trials/*/error.txt")
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
+    if status == RECYCLE:  # the search is not over: its hooks and MLflow run stay open
+        return Outcome(status=status, space_dir=space_dir, table=write_trials_csv(space_dir))
     hook_list.on_search_end(info, status)
 
     table = write_trials_csv(space_dir)

@@ -91,6 +91,10 @@ def make_oracle(search: Search, seed: int) -> kt.Oracle:
     return optuna_oracle.make_oracle(search, **common)  # common carries the seed
 
 
+class Recycle(Exception):
+    """This process ran its `trials_per_process`: the search goes on in a fresh one."""
+
+
 class _SpaceHyperModel(kt.HyperModel):
     """Declares the space's hyperparameters; models are built in `SpaceTuner.run_trial`.
 
@@ -131,8 +135,11 @@ class SpaceTuner(base_tuner.BaseTuner):
         *,
         overwrite: bool = False,
         verbose: int = 2,
+        trials_per_process: int | None = None,
     ):
         self.space, self.data, self.info, self.hooks = space, data, info, hooks
+        self.trials_per_process = trials_per_process
+        self._trials_here = 0
         self.strategy = strategy
         self.verbose = verbose
         self._results: dict[str, TrialResult] = {}
@@ -184,6 +191,9 @@ class SpaceTuner(base_tuner.BaseTuner):
         keras.backend.clear_session()  # also runs gc.collect(): a second full collection cost ~1 s a trial
         if stop is not None:
             raise stop
+        self._trials_here += 1
+        if self.trials_per_process and self._trials_here >= self.trials_per_process:
+            raise Recycle()
 
     def _record(self, info: TrialInfo, result: TrialResult) -> None:
         info.dir.mkdir(parents=True, exist_ok=True)

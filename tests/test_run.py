@@ -197,3 +197,14 @@ def test_storage_passwords_are_not_recorded():
     assert recorded["options"]["storage"] == "postgresql://optuna:***@db-host:5432/optuna"
     assert run.redact("runs/x/optuna.journal") == "runs/x/optuna.journal"
     assert search.options["storage"].endswith("s3cret@db-host:5432/optuna")  # the search itself still connects
+
+
+def test_search_continues_in_a_fresh_process_after_trials_per_process(tmp_path):
+    result = cli(DIGITS, "--smoke", "--max-trials", "3", "--set", "trials_per_process=2",
+                 "--runs-dir", str(tmp_path), "--quiet", "--no-ensemble")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("continuing in a fresh one") == 1
+    assert "Resuming: 2 trial(s) already recorded" in result.stdout
+    table = pd.read_csv(tmp_path / "digits" / "trials.csv")
+    assert sorted(table["status"]) == [COMPLETED] * 3
+    assert table["trial_id"].is_unique
