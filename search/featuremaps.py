@@ -82,14 +82,15 @@ def load_image(path: Path, size: int) -> np.ndarray:
     """(1, size, size, 3) float32 pixels in 0..255, decoded and resized as in training."""
     import tensorflow as tf
 
+    from search.data import decode_image
+
     if not path.is_file():
         raise SearchError(f"--image {path}: no such file.")
     try:
-        image = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
+        image = decode_image(tf.io.read_file(str(path)), size)
     except tf.errors.InvalidArgumentError:
         raise SearchError(f"--image {path}: not an image TensorFlow can decode (JPEG, PNG, BMP, GIF, WEBP).") from None
-    image = tf.image.resize(image, [size, size])
-    return np.round(np.clip(image.numpy(), 0, 255))[None].astype("float32")
+    return image.numpy()[None].astype("float32")
 
 
 def draw(maps: np.ndarray, title: str, path: Path) -> Path:

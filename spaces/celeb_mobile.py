@@ -5,6 +5,11 @@ images of 14 people). The report fine-tuned MobileNet (3.24M parameters) to 0.76
 accuracy, against DenseNet201's 26.2M at Level 2. This space asks what each MB buys: NSGA-II
 searches val accuracy against the saved model size, and the result is a Pareto front
 (runs/celeb_mobile/pareto.csv and pareto.png, also in MLflow).
+
+The rest of Level 3, once the search has run:
+
+    python -m search.export spaces/celeb_mobile.py        # .tflite float32/float16/int8, sizes side by side
+    python -m search.featuremaps spaces/celeb_mobile.py --image face.jpg   # the report's feature-map pictures
 """
 
 from search import Data, Search
