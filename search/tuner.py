@@ -37,6 +37,8 @@ MAX_CONSECUTIVE_FAILURES = 3
 # Keras says this at the end of every validation pass over a dataset of unknown length
 # (ours, since unreadable images are dropped): it is not a problem with the data.
 warnings.filterwarnings("ignore", message="Your input ran out of data")
+# Every trial is a new model with new functions: TensorFlow calls that "retracing" and warns.
+tf.get_logger().setLevel("ERROR")
 
 
 def _ensure_active_values(self: kt.HyperParameters) -> None:
