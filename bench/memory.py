@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--steps", type=int, default=3, help="training steps per trial (default 3)")
-    p.add_argument("--recycle", type=int, default=10, metavar="N",
-                   help="also run the command line with trials_per_process=N (default 10; 0: skip)")
+    p.add_argument("--recycle", type=int, default=5, metavar="N",
+                   help="also run the command line with trials_per_process=N (default 5, as Search; 0: skip)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 4 trials of 1 step")
     p.add_argument("--out", type=Path, default=Path("runs/bench/memory.json"))
     args = p.parse_args(argv)

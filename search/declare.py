@@ -76,7 +76,7 @@ class Search:
     # The command line starts a fresh process (and resumes) after this many trials:
     # TensorFlow keeps every traced training graph until its process ends, 100-200 MB a
     # trial even for a MobileNet, whatever clear_session and gc do. None: never.
-    trials_per_process: int | None = 10
+    trials_per_process: int | None = 5
     # Second objective for a multi-objective (Pareto) search: "params", "size_mb" or "latency_ms".
     minimize: str | None = None
     # Extra keyword arguments for the algorithm (e.g. hyperband's factor, a sampler's options).
