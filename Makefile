@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test smoke clean test-data
+.PHONY: demo test test-slow smoke clean test-data
 
 # Real product photos for the tests (Debian's dataset-fashion-mnist); best effort, tests
 # that need them skip with a message when they cannot be installed (no root, no apt).
@@ -21,8 +21,14 @@ demo: $(STAMP)
 smoke: $(STAMP)
 	$(PY) -m search.run spaces/digits.py --smoke
 
+# What CI runs (.ci/run): everything but the tests marked slow, in well under 30 minutes.
 test: $(STAMP) test-data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow" --durations=10
+
+# Multi-minute end-to-end checks: the report's spaces as written, three Optuna workers
+# sharing a study, ensembles on a real search.
+test-slow: $(STAMP) test-data
+	$(PY) -m pytest -q -m slow --durations=10
 
 test-data:
 	@test -f $(FASHION) || apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
