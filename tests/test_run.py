@@ -93,10 +93,9 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     assert {p: p.stat().st_mtime for p in first} == stamps  # not re-run
 
 
-@pytest.mark.slow
 def test_search_learns_well_above_chance(tmp_path):
     outcome = run.run_search(
-        load_space(DIGITS, max_trials=1, epochs=4, sets={"backbone": "MobileNetV2", "batch_size": "32",
+        load_space(DIGITS, max_trials=1, epochs=3, sets={"backbone": "MobileNetV2", "batch_size": "32",
                                                               "learning_rate": "0.002", "optimizer": "adam"}),
         runs_dir=tmp_path, verbose=0,
     )
