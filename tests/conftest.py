@@ -90,11 +90,12 @@ def digits_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _example(image: np.ndarray, **features: int | bytes) -> bytes:
+def petals_example(image: np.ndarray, size: int = 16, **features: int | bytes) -> bytes:
+    """One TFRecord in the Petals schema: `image` (JPEG of `image` at size x size) + features."""
     import tensorflow as tf
 
     buffer = io.BytesIO()
-    Image.fromarray(image).convert("RGB").resize((16, 16), Image.NEAREST).save(buffer, "JPEG")
+    Image.fromarray(image).convert("RGB").resize((size, size), Image.NEAREST).save(buffer, "JPEG", quality=90)
     feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[buffer.getvalue()]))}
     for key, value in features.items():
         if isinstance(value, bytes):
@@ -119,12 +120,12 @@ def digits_tfrecords(tmp_path_factory: pytest.TempPathFactory) -> Path:
     seen: dict[int, int] = {}
     for label, _, image in digit_images():
         n = seen[label] = seen.get(label, 0) + 1
-        records["train" if n <= 14 else "val"].append(_example(image, **{"class": label}))
+        records["train" if n <= 14 else "val"].append(petals_example(image, **{"class": label}))
     rng = np.random.default_rng(0)
     train = [records["train"][i] for i in rng.permutation(len(records["train"]))]
     shards = {"train/00-70.tfrec": train[:70], "train/01-70.tfrec": train[70:], "val/00-60.tfrec": records["val"]}
     test = digit_images(per_class=22)[20::22]
-    shards["test/00-20.tfrec"] = [_example(im, id=f"t{i:04d}".encode()) for _, i, im in test]
+    shards["test/00-20.tfrec"] = [petals_example(im, id=f"t{i:04d}".encode()) for _, i, im in test]
     for name, items in shards.items():
         with tf.io.TFRecordWriter(str(base / name)) as writer:
             for item in items:

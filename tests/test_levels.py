@@ -3,7 +3,6 @@ and the Level 3 tools on a smoke-trained search: feature maps and the TFLite exp
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from search import run
 from search.hparams import TrialConfig
 from search.space import load_space
 
-from conftest import digit_images
+from conftest import digit_images, petals_example
 
 REPO = Path(__file__).resolve().parents[1]
 FLOWERS = str(REPO / "spaces" / "flowers.py")
@@ -40,15 +39,7 @@ def petals(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import tensorflow as tf
 
     def example(image: np.ndarray, **features: int | bytes) -> bytes:
-        buffer = io.BytesIO()
-        Image.fromarray(image).convert("RGB").resize((48, 48), Image.BILINEAR).save(buffer, "JPEG", quality=90)
-        feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[buffer.getvalue()]))}
-        for key, value in features.items():
-            if isinstance(value, bytes):
-                feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-            else:
-                feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-        return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+        return petals_example(image, 48, **features)
 
     root = tmp_path_factory.mktemp("petals")
     base = root / "tfrecords-jpeg-331x331"

@@ -20,7 +20,7 @@ from search import optuna_oracle, run
 from search.declare import Search
 from search.hooks import COMPLETED, PRUNED, TrialResult
 from search.optuna_oracle import OptunaOracle, suggest
-from search.pareto import front_table, write_pareto
+from search.pareto import front_table
 from search.space import load_space
 
 REPO = Path(__file__).resolve().parents[1]
