@@ -253,11 +253,10 @@ def _resolve(path: str, spec: Data) -> Path:
     resolved = Path(os.path.expanduser(path))
     resolved = resolved if resolved.is_absolute() else Path.cwd() / resolved
     if not resolved.exists():
-        hint = f" {spec.hint.rstrip('.')}." if spec.hint else ""
-        raise DataError(
-            f"data path {resolved} does not exist.{hint} Pass the dataset's folder or .zip with "
-            f"--data PATH."
-        )
+        how = "pass the dataset's folder or .zip with --data PATH"
+        if spec.hint:  # where to get the data; it may already say how to pass it
+            how = spec.hint.rstrip(".") if "--data" in spec.hint else f"{spec.hint.rstrip('.')}, then {how}"
+        raise DataError(f"data path {resolved} does not exist: {how}.")
     if resolved.is_file() and resolved.suffix.lower() != ".zip":
         raise DataError(
             f"data path {resolved} is a file; pass a folder of images, a .zip of one, or a folder "

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
-
 import argparse
 import dataclasses
+import os
 import shutil
 import signal
 import sys

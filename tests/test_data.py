@@ -188,7 +188,7 @@ def test_broken_datasets_raise_one_clear_line(case, tmp_path):
 
 def test_missing_path_mentions_hint_and_data_option(tmp_path):
     spec = Data(str(tmp_path / "celeb.zip"), hint="kaggle datasets download -d x/celeb")
-    with pytest.raises(DataError, match=r"does not exist\. kaggle datasets download .*--data PATH"):
+    with pytest.raises(DataError, match=r"does not exist: kaggle datasets download .*--data PATH"):
         open_data(spec, runs_dir=tmp_path / "runs")
     with pytest.raises(DataError, match="--data PATH"):
         open_data(Data(), runs_dir=tmp_path / "runs")
