@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from search.ensemble_model import build_ensemble_model
+from search.cli import Parser, fail
 from search.errors import SearchError
 from search.hooks import COMPLETED
 from search.saved import SavedSearch, locate
@@ -287,12 +288,8 @@ def after_search(space: str, runs_dir: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m search.ensemble", allow_abbrev=False,
-        description="Promote a search's best trials to one model (runs/<space>/champion.keras).",
-    )
-    p.add_argument("space", help="the space file (e.g. spaces/digits.py) or the name of a searched space")
-    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the search's results are (default: runs/)")
+    p = Parser("python -m search.ensemble", "Promote a search's best trials to one model (runs/<space>/champion.keras).")
+    p.add_saved_search()
     p.add_argument("--top-k", type=int, default=2, metavar="K", help="how many best trials top-k averaging takes (default 2, as the report)")
     p.add_argument("--rounds", type=int, default=50, metavar="N", help="rounds of greedy selection (default 50)")
     p.add_argument("--method", default="auto", choices=["auto", "best-single", "top-k", "greedy"],
@@ -311,8 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         promote(saved, top_k=args.top_k, rounds=args.rounds, refit=args.refit, track=not args.no_tracking,
                 method=args.method.replace("-", "_"), verbose=0 if args.quiet else 2)
     except SearchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     return 0
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from search.cli import Parser, fail
 from search.errors import SearchError
 
 VARIANTS = ("float32", "float16", "int8")
@@ -167,21 +168,19 @@ def chosen_models(space_dir: Path, args: argparse.Namespace) -> list[tuple[Path,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m search.export", allow_abbrev=False,
-        description="Export a search's models to TFLite (float32, float16, int8), check them, size them.",
-        epilog="examples:\n  python -m search.export spaces/celeb_mobile.py            best trial of each backbone\n"
+    p = Parser(
+        "python -m search.export",
+        "Export a search's models to TFLite (float32, float16, int8), check them, size them.",
+        "examples:\n  python -m search.export spaces/celeb_mobile.py            best trial of each backbone\n"
                "  python -m search.export spaces/celeb_mobile.py --champion",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("space", help="the space file (e.g. spaces/digits.py) or the name of a searched space")
+    p.add_saved_search()
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", metavar="ID", help="one trial's model")
     which.add_argument("--champion", action="store_true", help="the champion (else best.keras)")
     which.add_argument("--all", action="store_true", help="every completed trial, not only each backbone's best")
     p.add_argument("--out", metavar="DIR", help="where to write (default: runs/<space>/export/)")
     p.add_argument("--max-images", type=int, metavar="N", help="compare on at most N validation images (default: all)")
-    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the search's results are (default: runs/)")
     p.add_argument("--no-tracking", action="store_true", help="do not log the table to MLflow")
     return p
 
@@ -204,8 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"exporting {name} ({backbone}) ...", flush=True)
             rows.append(export_model(path, name, backbone, data, out, args.max_images).row())
     except SearchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     table = pd.DataFrame(rows)
     csv = out / "sizes.csv"
     table.to_csv(csv, index=False)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from search.cli import Parser, fail
 from search.errors import SearchError
 
 MAX_CHANNELS = 64
@@ -157,14 +158,13 @@ def _model_file(args: argparse.Namespace, space_dir: Path) -> tuple[Path, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m search.featuremaps", allow_abbrev=False,
-        description="Draw the feature maps of a model's convolution layers for one picture.",
-        epilog="examples:\n  python -m search.featuremaps spaces/celeb_mobile.py --image face.jpg\n"
+    p = Parser(
+        "python -m search.featuremaps",
+        "Draw the feature maps of a model's convolution layers for one picture.",
+        "examples:\n  python -m search.featuremaps spaces/celeb_mobile.py --image face.jpg\n"
                "  python -m search.featuremaps spaces/digits.py --trial 0 --image 3.png --layers Conv1,Conv_1",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("space", help="the space file (e.g. spaces/digits.py) or the name of a searched space")
+    p.add_saved_search()
     p.add_argument("--image", required=True, metavar="PATH", help="the picture to look at")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", metavar="ID", help="a trial's model (runs/<space>/trials/<ID>/model.keras)")
@@ -173,7 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", metavar="N|NAMES", help=f"how many conv layers, spread shallow to deep "
                    f"(default {DEFAULT_LAYERS}), or comma-separated layer names")
     p.add_argument("--out", metavar="DIR", help="where to write (default: runs/<space>/featuremaps/<model>/)")
-    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the search's results are (default: runs/)")
     p.add_argument("--no-tracking", action="store_true", help="do not log the pictures to MLflow")
     return p
 
@@ -194,8 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out) if args.out else saved.space_dir / "featuremaps" / label
         written = feature_maps(model, image, args.layers, out)
     except SearchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     for path in written:
         print(path)
     if not args.no_tracking:

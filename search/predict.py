@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from search.cli import Parser, fail
 from search.errors import SearchError
 
 BATCH_SIZE = 64
@@ -132,20 +133,18 @@ def predict_submission(model: Any, files: list[Path], out: Path) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m search.predict", allow_abbrev=False,
-        description="Predict with a search's champion model (runs/<space>/champion.keras).",
-        epilog="examples:\n  python -m search.predict spaces/digits.py --images my_digits/\n"
+    p = Parser(
+        "python -m search.predict",
+        "Predict with a search's champion model (runs/<space>/champion.keras).",
+        "examples:\n  python -m search.predict spaces/digits.py --images my_digits/\n"
                "  python -m search.predict spaces/flowers.py --images tfrecords-jpeg-331x331/test",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("space", help="the space file (e.g. spaces/digits.py) or the name of a searched space")
+    p.add_saved_search()
     p.add_argument("--images", required=True, metavar="PATH",
                    help="a folder of images, one image, or a folder of test TFRecords carrying `id`")
     p.add_argument("--out", metavar="FILE",
                    help="where to write (default: predictions.csv, or submission.csv for TFRecords)")
     p.add_argument("--model", metavar="FILE", help="a .keras model instead of the search's champion")
-    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the search's results are (default: runs/)")
     return p
 
 
@@ -173,8 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             rows = predict_images(model, files, Path(args.images), saved.class_names, out)
     except SearchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     print(f"{out}: {rows} row(s) from {model_path}")
     return 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from search.cli import Parser, fail
 from search.errors import SearchError
 from search.hooks import COMPLETED
 from search.results import leaderboard, load_records, trials_table
@@ -27,12 +28,8 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m search.report", description=__doc__.split("\n\n")[1], epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-    )
-    p.add_argument("space", help="the space file (spaces/digits.py) or the space's name (digits)")
-    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where the search's results are (default: runs/)")
+    p = Parser("python -m search.report", __doc__.split("\n\n")[1], EXAMPLES)
+    p.add_saved_search()
     p.add_argument("--top", type=int, default=10, metavar="N", help="leaderboard rows to print (default: 10)")
     p.add_argument("--no-mlflow", action="store_true", help="do not attach the report to the MLflow run")
     return p
@@ -74,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plain = trials_table(load_records(space_dir))
         table = ranked(plain, objective)
     except SearchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
 
     from search import plots
 

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from search.errors import SearchError, did_you_mean
+from search.cli import Parser, fail
+from search.errors import SearchError
 
 DESCRIPTION = """Run the search a space file describes, or resume it: re-running the same command
 continues where it stopped (finished trials are not re-run). Results go to RUNS_DIR/<space>/."""
@@ -24,21 +25,8 @@ EXAMPLES = """examples:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse's own "unrecognized arguments" has no hint
-        if "unrecognized arguments:" in message:
-            wrong = message.split("unrecognized arguments:")[1].split()[0]
-            options = [o for a in self._actions for o in a.option_strings]
-            message += did_you_mean(wrong, options)
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="python -m search.run", description=DESCRIPTION, epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-    )
+    p = Parser("python -m search.run", DESCRIPTION, EXAMPLES)
     p.add_argument("space", help="the space file, e.g. spaces/digits.py")
     p.add_argument("--data", metavar="PATH", help="dataset location (folder, .zip, TFRecord folder), overriding the space's")
     p.add_argument("--max-trials", type=int, metavar="N", help="how many trials in all (finished ones count)")
@@ -99,8 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             after_search(args.space, Path(args.runs_dir))
         return outcome.exit_code
     except SearchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
 
 
 RECYCLE = "RECYCLE"
