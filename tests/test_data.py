@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from search import Data, _builtin, _files
-from search.augment import POLICIES, RandomRot90Transpose, augmentation
+from search.augment import POLICIES, RandomAffine, RandomRot90Transpose, affine_transforms, augmentation, warp
 from search.data import open_data
 from search.errors import DataError
 
@@ -260,11 +260,44 @@ def test_faces_never_flips_vertically_but_flowers_does():
     assert not _top_brighter("flowers").all()
 
 
+def _warp_one(image: np.ndarray, **params: float) -> np.ndarray:
+    height, width = image.shape[:2]
+    values = {"angle": 0.0, "zoom": 1.0, "shift_x": 0.0, "shift_y": 0.0, "flip": 1.0, **params}
+    transforms = affine_transforms(**{k: tf.constant([v]) for k, v in values.items()},
+                                   height=tf.constant(float(height)), width=tf.constant(float(width)))
+    return warp(tf.constant(image[None]), transforms)[0].numpy()
+
+
+def test_one_affine_warp_rotates_flips_and_shifts_exactly():
+    image = np.random.default_rng(0).uniform(0, 255, [9, 9, 3]).astype(np.float32)
+    assert np.allclose(_warp_one(image), image)
+    assert np.allclose(_warp_one(image, flip=-1.0), image[:, ::-1], atol=1e-3)
+    quarter = _warp_one(image, angle=np.pi / 2)
+    assert np.allclose(quarter, np.rot90(image, k=1), atol=1e-3) or np.allclose(quarter, np.rot90(image, k=-1), atol=1e-3)
+    shifted = _warp_one(image, shift_x=2.0)  # output column x reads input column x + 2, edges repeat
+    assert np.allclose(shifted[:, :7], image[:, 2:], atol=1e-3)
+    assert np.allclose(shifted[:, 7:], image[:, 8:9], atol=1e-3)
+    zoomed = _warp_one(image, zoom=0.5)  # the centre pixel stays, its neighbours spread out
+    assert np.allclose(zoomed[4, 4], image[4, 4], atol=1e-3)
+    assert np.allclose(zoomed[4, 6], image[4, 5], atol=1e-3)
+
+
+def test_faces_warps_within_its_ranges():
+    # A single bright pixel at the centre moves at most 10% of the size (the shift); the
+    # rotation and zoom keep the centre where it is.
+    image = np.zeros([64, 41, 41, 3], np.float32)
+    image[:, 20, 20] = 255.0
+    out = augmentation("faces", 41, seed=3)(image, training=True).numpy().sum(axis=-1)
+    rows, cols = np.unravel_index(out.reshape(64, -1).argmax(axis=1), (41, 41))
+    assert np.abs(rows - 20).max() <= 5 and np.abs(cols - 20).max() <= 5
+    assert len(set(zip(rows.tolist(), cols.tolist()))) > 10  # the shifts do vary
+
+
 def test_unknown_policy_and_layer_config():
     with pytest.raises(DataError, match="Did you mean 'faces'"):
         augmentation("face", 32)
-    layer = RandomRot90Transpose(0.3, 0.1, seed=4)
-    assert RandomRot90Transpose.from_config(layer.get_config()).get_config() == layer.get_config()
+    for layer in (RandomRot90Transpose(0.3, 0.1, seed=4), RandomAffine(0.1, 0.2, 0.05, flip=True, seed=2)):
+        assert type(layer).from_config(layer.get_config()).get_config() == layer.get_config()
 
 
 def test_tfrecords_in_several_resolution_folders_ask_which(digits_tfrecords, tmp_path):
