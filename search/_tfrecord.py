@@ -7,6 +7,7 @@ Labelled records hold ``image`` (JPEG bytes) and ``class`` (int64); test records
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +106,11 @@ def scan(files: list[Path], split: str) -> Records:
     return Records(files, labelled, count, labels)
 
 
-def records(found: Records) -> tf.data.Dataset:
-    """(JPEG bytes, int32 label or string id) in file order."""
+def records(found: Records, decode: Callable[[tf.Tensor], tf.Tensor] | None = None) -> tf.data.Dataset:
+    """(JPEG bytes, int32 label or string id) in file order; with `decode`, (decode(bytes), ...).
+
+    Parsing and decoding share one parallel map: a second map would pass every record's
+    bytes through another pipeline stage for nothing."""
     key = "class" if found.labelled else "id"
     spec = {
         "image": tf.io.FixedLenFeature([], tf.string),
@@ -116,7 +120,7 @@ def records(found: Records) -> tf.data.Dataset:
     def parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         example = tf.io.parse_single_example(record, spec)
         target = tf.cast(example[key], tf.int32) if found.labelled else example[key]
-        return example["image"], target
+        return (decode(example["image"]) if decode else example["image"]), target
 
     raw = tf.data.TFRecordDataset([str(f) for f in found.files])
     return raw.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
