@@ -31,6 +31,7 @@ from search.errors import SearchError
 from search.hooks import COMPLETED, FAILED, KILLED, PRUNED, HookList, SearchInfo, TrialInfo, TrialResult
 from search.results import trial_record, write_json, write_trials_csv
 from search.space import Space
+from search.validation import ValidationPass
 
 MAX_CONSECUTIVE_FAILURES = 3
 
@@ -263,7 +264,11 @@ class SpaceTuner(base_tuner.BaseTuner):
         val = data.dataset("val", config.image_size, global_batch)
         schedule = schedules.learning_rate_schedule(config, info.epochs, replicas)
         target = objective(search)
+        # Validates each epoch with predict and keeps the best epoch's probabilities; first,
+        # so every callback after it sees val_loss and val_accuracy.
+        validation = ValidationPass(val, data.labels("val"), monitor=target.name, mode=target.direction)
         callbacks: list[keras.callbacks.Callback] = [
+            validation,
             keras.callbacks.LearningRateScheduler(schedule),
             keras.callbacks.TerminateOnNaN(),
             # Always restore the best epoch: it is the one the oracle scores the trial by.
@@ -279,7 +284,7 @@ class SpaceTuner(base_tuner.BaseTuner):
         ]
         started = time.monotonic()
         fit = model.fit(
-            train, validation_data=val, epochs=info.epochs, initial_epoch=info.initial_epoch,
+            train, epochs=info.epochs, initial_epoch=info.initial_epoch,
             steps_per_epoch=search.steps_per_epoch, callbacks=callbacks, verbose=self.verbose,
             shuffle=False,  # the dataset is shuffled already
         )
@@ -289,15 +294,19 @@ class SpaceTuner(base_tuner.BaseTuner):
             raise kt.errors.FailedTrialError(
                 f"the loss became NaN at epoch {len(losses)}; try a lower learning_rate"
             )
-        return self._save(info, model, fit, seconds)
+        return self._save(info, model, fit, seconds, validation.probabilities)
 
-    def _save(self, info: TrialInfo, model: keras.Model, fit: keras.callbacks.History, seconds: float) -> TrialResult:
+    def _save(
+        self, info: TrialInfo, model: keras.Model, fit: keras.callbacks.History, seconds: float,
+        probabilities: np.ndarray | None,
+    ) -> TrialResult:
         search, data = self.space.search, self.data
         model_path = info.dir / "model.keras"
         # An uncompiled view of the same layers: .keras files always carry the optimizer's
         # state (twice the weights for Adam), which serving and ensembles never use.
         keras.Model(model.inputs, model.outputs, name=model.name).save(model_path)
-        probabilities = model.predict(data.dataset("val", info.config.image_size, 64), verbose=0)
+        if probabilities is None:  # the objective never appeared in the logs: predict once more
+            probabilities = model.predict(data.dataset("val", info.config.image_size, 64), verbose=0)
         probabilities_path = info.dir / "val_probabilities.npy"
         np.save(probabilities_path, probabilities.astype(np.float32))
         labels_path = self.info.space_dir / "val_labels.npy"
