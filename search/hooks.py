@@ -90,6 +90,10 @@ class SearchHooks:
     def on_search_end(self, search: SearchInfo, status: str) -> None:
         """`status` is COMPLETED, FAILED (the search stopped on errors) or KILLED."""
 
+    def on_search_pause(self, search: SearchInfo) -> None:
+        """This process stops here and a fresh one resumes the search (`trials_per_process`):
+        finish any work in flight, but leave the search open."""
+
 
 class HookList(SearchHooks):
     """Calls each hook in turn; a hook that raises is logged once and then skipped."""
@@ -125,3 +129,6 @@ class HookList(SearchHooks):
 
     def on_search_end(self, search, status):
         self._call("on_search_end", search, status)
+
+    def on_search_pause(self, search):
+        self._call("on_search_pause", search)

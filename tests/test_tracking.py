@@ -164,6 +164,26 @@ def test_statuses_killed_failed_pruned_and_stale_runs(tmp_path, monkeypatch):
     assert len(client.get_metric_history(failed.info.run_id, "loss")) == 2
 
 
+def test_trial_plots_are_logged_before_the_process_recycles(tmp_path, monkeypatch):
+    # Plots are drawn on a background thread; os.execv (trials_per_process) would drop them,
+    # so pausing the search waits for them.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    search = search_info(tmp_path)
+    tracker = tracking.MlflowTracker(TrackingConfig(log_models="none"))
+    tracker.on_search_begin(search)
+    info = trial(search, 1)
+    tracker.on_trial_begin(search, info)
+    tracker.on_epoch_end(search, info, 0, {"loss": 1.0, "val_accuracy": 0.5})
+    tracker.on_trial_end(search, info, result(info, COMPLETED))
+    tracker.on_search_pause(search)
+    assert not tracker._in_flight and tracker.enabled
+    _, trials = runs_of(client)
+    logged = {a.path for a in client.list_artifacts(trials[0].info.run_id, "plots")}
+    assert {"plots/learning_curves.png", "plots/lr_schedule.png"} <= logged
+    assert [p.info.status for p in runs_of(client)[0]] == ["RUNNING"]  # the search goes on elsewhere
+
+
 def test_config_rejects_unknown_keys_and_env_overrides_uri(tmp_path, monkeypatch):
     config = tmp_path / "mlflow.yaml"
     config.write_text("tracking_url: sqlite:///x.db\n")
