@@ -120,7 +120,7 @@ def measure(variant: str, space_file: Path, runs_dir: Path) -> tuple[float, floa
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=6, help="epochs per trial (default 6: about a minute of training on 2 cores)")
+    p.add_argument("--epochs", type=int, default=6, help="epochs per trial (default 6: ~35 s of training a trial on 2 cores)")
     p.add_argument("--steps", type=int, default=None, help="steps per epoch (default: the whole train split)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of the three variants (default 3)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 1 epoch of 3 steps")
