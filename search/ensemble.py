@@ -277,12 +277,13 @@ def _print(summary: dict[str, Any]) -> None:
         print(summary["mlflow"], file=sys.stderr if summary["mlflow"].startswith("warning:") else sys.stdout)
 
 
-def after_search(space: str, runs_dir: Path) -> None:
-    """Run by `search.run` when a search completes: promote when >= 2 trials finished."""
+def after_search(space: str, runs_dir: Path, *, track: bool = True) -> None:
+    """Run by `search.run` when a search completes: promote when >= 2 trials finished
+    (registered in MLflow unless `track` is False: `search.run --no-tracking`)."""
     try:
         saved = locate(space, runs_dir)
         if len(finished_trials(saved.space_dir)[0]) >= 2:
-            promote(saved)
+            promote(saved, track=track)
     except SearchError as e:
         print(f"warning: no ensemble promoted: {e}", file=sys.stderr)
 

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if outcome.status == "COMPLETED" and not args.no_ensemble:
             from search.ensemble import after_search
 
-            after_search(args.space, Path(args.runs_dir))
+            after_search(args.space, Path(args.runs_dir), track=not args.no_tracking)
         return outcome.exit_code
     except SearchError as e:
         return fail(e)

@@ -188,6 +188,18 @@ def test_no_tracking_leaves_mlflow_out(tmp_path, monkeypatch):
     assert run.build_parser().parse_args([DIGITS, "--no-tracking"]).no_tracking
 
 
+def test_no_tracking_reaches_the_ensemble_promoted_after_the_search(tmp_path, monkeypatch):
+    # The promoted champion was registered in MLflow even under --no-tracking.
+    from search import ensemble
+
+    promoted = []
+    monkeypatch.setattr(run, "run_search", lambda *a, **k: run.Outcome(status="COMPLETED", space_dir=tmp_path, table=None))
+    monkeypatch.setattr(ensemble, "after_search", lambda space, runs_dir, *, track: promoted.append(track))
+    assert run.main([DIGITS, "--runs-dir", str(tmp_path), "--no-tracking"]) == 0
+    assert run.main([DIGITS, "--runs-dir", str(tmp_path)]) == 0
+    assert promoted == [False, True]
+
+
 def test_storage_passwords_are_not_recorded():
     from search.declare import Search
 
