@@ -6,9 +6,8 @@ caching, so every epoch sees fresh draws of the cached images.
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 import keras
 import tensorflow as tf

@@ -294,19 +294,19 @@ class SpaceTuner(base_tuner.BaseTuner):
             raise kt.errors.FailedTrialError(
                 f"the loss became NaN at epoch {len(losses)}; try a lower learning_rate"
             )
+        if validation.probabilities is None:
+            raise kt.errors.FailedTrialError(f"no epoch ran (epochs {info.initial_epoch} to {info.epochs})")
         return self._save(info, model, fit, seconds, validation.probabilities)
 
     def _save(
         self, info: TrialInfo, model: keras.Model, fit: keras.callbacks.History, seconds: float,
-        probabilities: np.ndarray | None,
+        probabilities: np.ndarray,
     ) -> TrialResult:
         search, data = self.space.search, self.data
         model_path = info.dir / "model.keras"
         # An uncompiled view of the same layers: .keras files always carry the optimizer's
         # state (twice the weights for Adam), which serving and ensembles never use.
         keras.Model(model.inputs, model.outputs, name=model.name).save(model_path)
-        if probabilities is None:  # the objective never appeared in the logs: predict once more
-            probabilities = model.predict(data.dataset("val", info.config.image_size, 64), verbose=0)
         probabilities_path = info.dir / "val_probabilities.npy"
         np.save(probabilities_path, probabilities.astype(np.float32))
         labels_path = self.info.space_dir / "val_labels.npy"

@@ -22,7 +22,8 @@ class ValidationPass(keras.callbacks.Callback):
 
     Put it first in `callbacks`: the callbacks after it (EarlyStopping, pruners, progress,
     History) read the validation metrics it adds. "Best" follows EarlyStopping: the first
-    epoch, then any epoch strictly better on `monitor`.
+    epoch, then any epoch strictly better on `monitor`; when the logs lack `monitor`,
+    EarlyStopping restores nothing, so the latest epoch's probabilities are kept.
     """
 
     def __init__(self, dataset: tf.data.Dataset, labels: np.ndarray, *, monitor: str, mode: str):
@@ -45,6 +46,7 @@ class ValidationPass(keras.callbacks.Callback):
         logs["val_accuracy"] = float(np.mean(probabilities.argmax(axis=-1) == labels))
         current = logs.get(self.monitor)
         if current is None:
+            self.best_epoch, self.probabilities = epoch, probabilities
             return
         if self.best is None or (current < self.best if self.mode == "min" else current > self.best):
             self.best, self.best_epoch, self.probabilities = float(current), epoch, probabilities

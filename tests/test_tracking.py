@@ -127,12 +127,19 @@ def test_unreachable_server_warns_once_and_the_search_finishes(tmp_path, digits_
     assert time.monotonic() - started < 120
 
 
-def test_statuses_killed_failed_pruned_and_stale_runs(tmp_path, monkeypatch):
+@pytest.fixture
+def begun(tmp_path, monkeypatch):
+    """(client, search, tracker): a tracker on a fresh SQLite store, its search begun."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     search = search_info(tmp_path)
     tracker = tracking.MlflowTracker(TrackingConfig(log_models="none"))
     tracker.on_search_begin(search)
+    return client, search, tracker
+
+
+def test_statuses_killed_failed_pruned_and_stale_runs(begun):
+    client, search, tracker = begun
     ended = {}
     for number, status in ((1, COMPLETED), (2, FAILED), (3, PRUNED), (4, KILLED)):
         info = trial(search, number)
@@ -164,14 +171,10 @@ def test_statuses_killed_failed_pruned_and_stale_runs(tmp_path, monkeypatch):
     assert len(client.get_metric_history(failed.info.run_id, "loss")) == 2
 
 
-def test_trial_plots_are_logged_before_the_process_recycles(tmp_path, monkeypatch):
+def test_trial_plots_are_logged_before_the_process_recycles(begun):
     # Plots are drawn on a background thread; os.execv (trials_per_process) would drop them,
     # so pausing the search waits for them.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    search = search_info(tmp_path)
-    tracker = tracking.MlflowTracker(TrackingConfig(log_models="none"))
-    tracker.on_search_begin(search)
+    client, search, tracker = begun
     info = trial(search, 1)
     tracker.on_trial_begin(search, info)
     tracker.on_epoch_end(search, info, 0, {"loss": 1.0, "val_accuracy": 0.5})

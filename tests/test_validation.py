@@ -55,3 +55,13 @@ def test_labels_come_from_the_dataset_when_records_were_dropped():
     model.fit(train, epochs=1, callbacks=[validation], verbose=0)
     assert np.array_equal(validation.labels, labels)
     assert validation.probabilities.shape == (len(labels), 10)
+
+
+def test_without_the_monitor_in_the_logs_the_latest_epoch_is_kept():
+    # EarlyStopping then restores nothing: the model ends on its last epoch's weights.
+    train, val, labels = _digits()
+    model = _model(0.0)
+    validation = ValidationPass(val, labels, monitor="val_top_5_accuracy", mode="max")
+    model.fit(train, epochs=2, callbacks=[validation], verbose=0)
+    assert validation.best_epoch == 1 and validation.best is None
+    assert np.allclose(validation.probabilities, model.predict(val, verbose=0), atol=1e-6)
