@@ -23,8 +23,12 @@ SUFFIXES = (".tfrec", ".tfrecord")
 class Records:
     files: list[Path]
     labelled: bool
-    count: int
-    labels: np.ndarray  # int labels in file order (empty when unlabelled)
+    counts: list[int]  # records in each file
+    targets: np.ndarray  # int32 labels, or the string ids of unlabelled records, in file order
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
 
 
 def has_records(root: Path, depth: int = 4) -> bool:
@@ -77,10 +81,9 @@ def find(root: Path, glob: str, split: str, *, required: bool) -> list[Path]:
 
 
 def scan(files: list[Path], split: str) -> Records:
-    """Read every record once: count them and collect their labels."""
-    raw = tf.data.TFRecordDataset([str(f) for f in files])
+    """Read every record once: count each file's records and collect their labels or ids."""
     try:
-        first = next(iter(raw.take(1)), None)
+        first = next(iter(tf.data.TFRecordDataset([str(f) for f in files]).take(1)), None)
         if first is None:
             raise DataError(f"the {split} TFRecord files ({files[0].parent}) hold no records.")
         keys = set(tf.train.Example.FromString(first.numpy()).features.feature)
@@ -92,18 +95,19 @@ def scan(files: list[Path], split: str) -> Records:
         labelled = "class" in keys
         key = "class" if labelled else "id"
         spec = {key: tf.io.FixedLenFeature([], tf.int64 if labelled else tf.string)}
-        parts, count = [], 0
-        for batch in raw.batch(4096).map(lambda r: tf.io.parse_example(r, spec)[key]):
-            count += int(batch.shape[0])
-            if labelled:
-                parts.append(batch.numpy())
+        counts, parts = [], []
+        for f in files:
+            raw = tf.data.TFRecordDataset(str(f))
+            found = [b.numpy() for b in raw.batch(4096).map(lambda r: tf.io.parse_example(r, spec)[key])]
+            counts.append(sum(len(b) for b in found))
+            parts += found
     except tf.errors.OpError as e:
         raise DataError(
             f"the {split} TFRecord files under {files[0].parent} cannot be read ({e.message.strip()}); "
             f"re-download or re-create them."
         ) from None
-    labels = np.concatenate(parts).astype(np.int32) if parts else np.zeros([0], np.int32)
-    return Records(files, labelled, count, labels)
+    targets = np.concatenate(parts) if parts else np.zeros([0], np.int64)
+    return Records(files, labelled, counts, targets.astype(np.int32) if labelled else targets)
 
 
 def records(found: Records, decode: Callable[[tf.Tensor], tf.Tensor] | None = None) -> tf.data.Dataset:
@@ -126,6 +130,42 @@ def records(found: Records, decode: Callable[[tf.Tensor], tf.Tensor] | None = No
     return raw.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+# A shuffled pass reads this many files at once, a record from each in turn.
+_FILES_AT_ONCE = 64
+
+
+def indexed(
+    found: Records,
+) -> tuple[Callable[[tf.data.Dataset, bool, int], tf.data.Dataset], Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]]:
+    """`search.pipeline.Source`'s `items` and `unpack`: (index in file order, record) items,
+    unpacked a batch at a time into (indices, image bytes).
+
+    Records cannot be read by index. A shuffled pass takes the files in a new order each
+    time and reads up to 64 of them at once, a record from each in turn, so files that each
+    hold one class still mix; an unshuffled pass reads them in file order. (Only the first
+    pass reads records when the images are kept in memory; the passes after it are fully
+    shuffled. A shuffle buffer of records here cost the first pass ~10% in a probe.)
+    """
+    paths = [str(f) for f in found.files]
+    starts = np.cumsum([0, *found.counts[:-1]]).astype(np.int64)
+    spec = {"image": tf.io.FixedLenFeature([], tf.string)}
+
+    def numbered(path: tf.Tensor, start: tf.Tensor) -> tf.data.Dataset:
+        return tf.data.TFRecordDataset(path).enumerate(start)
+
+    def items(order: tf.data.Dataset, shuffle: bool, seed: int) -> tf.data.Dataset:  # `order` unused
+        files = tf.data.Dataset.from_tensor_slices((paths, starts))
+        if not shuffle:
+            return files.flat_map(numbered)
+        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        return files.interleave(numbered, cycle_length=min(len(paths), _FILES_AT_ONCE))
+
+    def unpack(index: tf.Tensor, records: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return index, tf.io.parse_example(records, spec)["image"]
+
+    return items, unpack
+
+
 def open_records(root: Path, spec: Data) -> tuple[list[str], dict[str, Records]]:
     """Find and scan the splits' record files; return the class names and the scans."""
     found = {
@@ -143,7 +183,7 @@ def open_records(root: Path, spec: Data) -> tuple[list[str], dict[str, Records]]
                 f"{split} records under {found[split][0].parent} have no 'class' label; point "
                 f"Data({split}=...) at labelled records."
             )
-    labels = np.concatenate([scans["train"].labels, scans["val"].labels])
+    labels = np.concatenate([scans["train"].targets, scans["val"].targets])
     if labels.size == 0 or labels.min() < 0:
         raise DataError(f"TFRecords under {root} hold no usable (non-negative) class labels.")
     num_classes = int(labels.max()) + 1

@@ -2,12 +2,14 @@
 
 `open_data` finds and checks everything once, up front, and raises `DataError` with one
 line naming the problem and the fix; `ImageData.dataset` then builds the pipelines every
-trial uses, caching decoded images in memory so later trials skip decoding.
+trial uses (`search.pipeline`), keeping decoded images in memory so that only the first
+epoch of a split at a given size decodes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from search import _builtin, _tfrecord
+from search import _builtin, _tfrecord, pipeline
 from search._files import (
     UNLABELLED,
     check_images,
@@ -38,8 +40,6 @@ from search.errors import DataError, did_you_mean
 log = logging.getLogger("search")
 
 SPLITS = ("train", "val", "test")
-# Shuffle buffers (of uint8 pixels) stay under this; beyond it the source order is pre-mixed.
-_SHUFFLE_BYTES = 512 * 2**20
 
 
 @dataclasses.dataclass
@@ -74,7 +74,7 @@ class ImageData:
         self.skipped = skipped
         self._splits = splits
         self._cache_enabled = cache
-        self._cached: dict[tuple[str, int], tf.data.Dataset] = {}
+        self._pipelines: dict[tuple[str, int], pipeline.Pipeline] = {}
         hashed = [(f, f.stat().st_size) for s in splits.values() for f in s.files]
         self.fingerprint: dict = {
             "layout": layout,
@@ -114,19 +114,14 @@ class ImageData:
         repeat: bool = False,
     ) -> tf.data.Dataset:
         """Batches of (float32 [B, size, size, 3] pixels in 0..255, int32 labels or string ids)."""
-        part = self._split(split)
+        self._split(split)  # names an unknown split clearly
         for name, value in (("image_size", image_size), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise DataError(f"dataset({name}={value!r}) must be a whole number >= 1.")
         layers = make_augmentation(augmentation, image_size, seed=seed)
-        ds = self._decoded(split, image_size)
-        if shuffle:
-            per_image = image_size * image_size * 3
-            buffer = max(1, min(part.count, max(1024, _SHUFFLE_BYTES // per_image)))
-            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = self._pipeline(split, image_size).batches(batch_size, shuffle=shuffle, seed=seed)
         if repeat:
             ds = ds.repeat()
-        ds = ds.batch(batch_size).map(_to_float, num_parallel_calls=tf.data.AUTOTUNE)
         if layers is not None:
             ds = ds.map(
                 lambda x, y: (layers(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
@@ -158,45 +153,43 @@ class ImageData:
             )
         return self._splits[split]
 
-    def _decoded(self, split: str, image_size: int) -> tf.data.Dataset:
-        """Decoded, resized uint8 images (cached in memory per split and size when enabled)."""
+    def _pipeline(self, split: str, image_size: int) -> pipeline.Pipeline:
+        """The pipeline of a split at one size, with the in-memory store of its decoded images."""
         key = (split, image_size)
-        if key in self._cached:
-            return self._cached[key]
-        part = self._splits[split]
-        if part.records is not None:
-            ds = _tfrecord.records(part.records, decode=lambda data: decode_image(data, image_size))
-        else:
-            # Reading and decoding in one parallel map: a serial read_file stage before the
-            # parallel decode starved it (decoding ran 1.1-2.2x faster fused, in a probe).
-            def load(path: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                return decode_image(tf.io.read_file(path), image_size), target
+        if key not in self._pipelines:
+            part = self._splits[split]
+            store = pipeline.Store(part.count, image_size) if self._cache_enabled else None
+            self._pipelines[key] = pipeline.Pipeline(self._source(part, image_size), store)
+        return self._pipelines[key]
 
-            paths = tf.constant([str(f) for f in part.files])
-            ds = tf.data.Dataset.from_tensor_slices((paths, part.targets)).map(
-                load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-            )
-        ds = ds.ignore_errors(log_warning=True)
-        if self._cache_enabled:
-            ds = ds.cache()
-            self._cached[key] = ds
-        return ds
+    @staticmethod
+    def _source(part: _Split, image_size: int) -> pipeline.Source:
+        """Where a split's images are read from, and how they decode."""
+        if part.records is not None:
+            items, unpack = _tfrecord.indexed(part.records)
+            decode = functools.partial(decode_image, image_size=image_size)
+            return pipeline.Source(part.targets, image_size, items, unpack, decode)
+        paths = tf.constant([str(f) for f in part.files])
+
+        def unpack(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return index, tf.gather(paths, index)
+
+        def read_and_decode(path: tf.Tensor) -> tf.Tensor:  # one step, run a batch at a time
+            return decode_image(tf.io.read_file(path), image_size)
+
+        return pipeline.Source(part.targets, image_size, lambda order, *_: order, unpack, read_and_decode)
 
 
 def decode_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     """Encoded image bytes -> (size, size, 3) uint8 RGB, exactly as training sees them.
 
     Prediction, feature maps and export use this too, so a served model gets the pixels it
-    was trained on. uint8 because the training cache holds a quarter of float32's bytes.
+    was trained on. uint8 because the in-memory store holds a quarter of float32's bytes.
     """
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     image = tf.image.resize(image, [image_size, image_size])
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
-
-def _to_float(images: tf.Tensor, targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return tf.cast(images, tf.float32), targets
 
 
 def open_data(
@@ -371,7 +364,7 @@ def _make_splits(
 def _open_tfrecord(root: Path, spec: Data) -> tuple[list[str], dict[str, _Split]]:
     class_names, scans = _tfrecord.open_records(root, spec)
     splits = {
-        split: _Split(scan.files, scan.labels, scan.labelled, records=scan)
+        split: _Split(scan.files, scan.targets, scan.labelled, records=scan)
         for split, scan in scans.items()
     }
     return class_names, splits
