@@ -125,7 +125,7 @@ def predict_submission(model: Any, files: list[Path], out: Path) -> int:
     batches = images.batch(BATCH_SIZE).apply(tf.data.experimental.assert_cardinality(-(-found.count // BATCH_SIZE)))
     probabilities = model.predict(batches, verbose=0)
     predictions = np.argmax(probabilities, axis=-1)
-    test_ids = np.array([i.decode("utf-8") for i in records.map(lambda _, i: i).as_numpy_iterator()])
+    test_ids = np.array([i.decode("utf-8") for i in found.targets])  # read by the scan, in file order
     # The report's own line, so the file is byte-for-byte what it submitted.
     np.savetxt(out, np.rec.fromarrays([test_ids, predictions]), fmt=["%s", "%d"], delimiter=",",
                header="id,label", comments="")
