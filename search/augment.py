@@ -1,7 +1,7 @@
 """Augmentation policies from the report, as Keras preprocessing layers.
 
 They run in the input pipeline on float batches of raw 0..255 pixels, after batching and
-caching, so every epoch sees fresh draws of the cached images.
+after the images kept in memory are read, so every epoch sees fresh draws of them.
 """
 
 from __future__ import annotations

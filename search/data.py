@@ -40,6 +40,8 @@ from search.errors import DataError, did_you_mean
 log = logging.getLogger("search")
 
 SPLITS = ("train", "val", "test")
+# Decoded images are kept in memory when they take at most this share of the free memory.
+_MEMORY_SHARE = 0.5
 
 
 @dataclasses.dataclass
@@ -158,9 +160,24 @@ class ImageData:
         key = (split, image_size)
         if key not in self._pipelines:
             part = self._splits[split]
-            store = pipeline.Store(part.count, image_size) if self._cache_enabled else None
+            store = pipeline.Store(part.count, image_size) if self._keeps(split, image_size) else None
             self._pipelines[key] = pipeline.Pipeline(self._source(part, image_size), store)
         return self._pipelines[key]
+
+    def _keeps(self, split: str, image_size: int) -> bool:
+        """Whether to keep a split's decoded images in memory: when enabled and they fit."""
+        if not self._cache_enabled:
+            return False
+        needed = pipeline.Store.bytes_for(self._splits[split].count, image_size)
+        free = pipeline.available_memory()
+        if free is None or needed <= _MEMORY_SHARE * free:
+            return True
+        log.warning(
+            "data: not keeping the %s split's decoded images in memory at %d px (%.1f GB, with %.1f GB "
+            "free): every epoch decodes them again. A smaller image_size fits; Data(cache=False) "
+            "silences this.", split, image_size, needed / 2**30, free / 2**30,
+        )
+        return False
 
     @staticmethod
     def _source(part: _Split, image_size: int) -> pipeline.Source:

@@ -42,7 +42,8 @@ class Data:
     test: str | None = "test"
     # TFRecords store integer labels only; names make predictions and reports readable.
     class_names: Sequence[str] | None = None
-    # Keep decoded, resized images in memory across epochs and trials when they fit.
+    # Keep decoded, resized images (uint8) in memory across epochs and trials, when they
+    # take at most half the free memory; otherwise every epoch decodes them again.
     cache: bool = True
     # Shown when the data is missing: where to get it, how to pass it with --data.
     hint: str | None = None

@@ -126,3 +126,17 @@ def test_a_file_broken_after_opening_costs_its_batch_not_the_pass(digits_folders
     count = data.count("train")
     images, _ = one_pass(data.dataset("train", 16, 8, shuffle=True))
     assert count - 8 <= len(images) < count
+
+
+def test_images_too_big_for_memory_are_decoded_every_pass_with_a_warning(digits_folders, tmp_path, monkeypatch, caplog):
+    from search import pipeline
+
+    root = tmp_path / "data"
+    shutil.copytree(digits_folders, root)
+    data = open_data(Data(str(root)), runs_dir=tmp_path / "runs")
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 40 * 16 * 16 * 3)  # room for 20 images
+    val = data.dataset("val", 16, 8)
+    assert len(one_pass(val)[0]) == 40
+    assert "not keeping the val split's decoded images in memory at 16 px" in caplog.text
+    shutil.rmtree(root)
+    assert sum(int(x.shape[0]) for x, _ in val) == 0  # nothing was kept
