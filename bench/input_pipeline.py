@@ -13,7 +13,7 @@ JPEG, `class` int64) holding the same bytes. Then, interleaved over `--rounds` r
   the `.cache().prefetch()` the Keras guides add, and with the faces policy written as
   Keras's RandomRotation, RandomZoom, RandomTranslation and RandomFlip layers, the usual
   way, to compare augmentations like for like). Epoch 1 decodes; later epochs of
-  ImageData read its in-memory cache, so they are reported apart;
+  ImageData read the images it keeps in memory, so they are reported apart;
 - input wait: a MobileNetV2 (`--model-size` px, from scratch) trained step by step on the
   folders' pipeline with faces augmentation; the time blocked in `next(iterator)` over the
   whole step time, for the decoding epoch and for cached epochs.
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     size, batch = args.size, args.batch
 
     def framework(root: Path, augmentation: str) -> Callable[[], tf.data.Dataset]:
-        def make() -> tf.data.Dataset:  # a new ImageData: a new, empty cache
+        def make() -> tf.data.Dataset:  # a new ImageData: nothing in memory yet
             data = open_image_data(root, tmp / "runs")
             return data.dataset("train", size, batch, augmentation=augmentation, shuffle=True, seed=0)
         return make
