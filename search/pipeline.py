@@ -33,8 +33,9 @@ class Source:
 
     `items(order, shuffle, seed)` turns a pass's order of indices into per-image items: the
     indices themselves where images can be read by index (folders), or a source's own order
-    where they cannot (TFRecords), each item carrying its index. `unpack` turns a batch of items into (the
-    indices, one string per image) and `decode` one string into a uint8 image.
+    where they cannot (TFRecords), each item carrying its index. `unpack` turns a batch of
+    items into (the indices, one string per image); `decode` turns one string into a uint8
+    image.
     """
 
     targets: np.ndarray  # each index's label, or string id
