@@ -110,21 +110,15 @@ def scan(files: list[Path], split: str) -> Records:
     return Records(files, labelled, counts, targets.astype(np.int32) if labelled else targets)
 
 
-def records(found: Records, decode: Callable[[tf.Tensor], tf.Tensor] | None = None) -> tf.data.Dataset:
-    """(JPEG bytes, int32 label or string id) in file order; with `decode`, (decode(bytes), ...).
+def images(found: Records, decode: Callable[[tf.Tensor], tf.Tensor]) -> tf.data.Dataset:
+    """decode(image bytes) of every record, in file order (the order of `found.targets`).
 
     Parsing and decoding share one parallel map: a second map would pass every record's
     bytes through another pipeline stage for nothing."""
-    key = "class" if found.labelled else "id"
-    spec = {
-        "image": tf.io.FixedLenFeature([], tf.string),
-        key: tf.io.FixedLenFeature([], tf.int64 if found.labelled else tf.string),
-    }
+    spec = {"image": tf.io.FixedLenFeature([], tf.string)}
 
-    def parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        example = tf.io.parse_single_example(record, spec)
-        target = tf.cast(example[key], tf.int32) if found.labelled else example[key]
-        return (decode(example["image"]) if decode else example["image"]), target
+    def parse(record: tf.Tensor) -> tf.Tensor:
+        return decode(tf.io.parse_single_example(record, spec)["image"])
 
     raw = tf.data.TFRecordDataset([str(f) for f in found.files])
     return raw.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

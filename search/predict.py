@@ -120,8 +120,7 @@ def predict_submission(model: Any, files: list[Path], out: Path) -> int:
             f"test records (image + id). Pass the test folder, e.g. tfrecords-jpeg-331x331/test."
         )
     size = input_size(model)
-    records = _tfrecord.records(found)
-    images = records.map(lambda data, _: _pixels(data, size), num_parallel_calls=tf.data.AUTOTUNE)
+    images = _tfrecord.images(found, lambda data: _pixels(data, size))
     batches = images.batch(BATCH_SIZE).apply(tf.data.experimental.assert_cardinality(-(-found.count // BATCH_SIZE)))
     probabilities = model.predict(batches, verbose=0)
     predictions = np.argmax(probabilities, axis=-1)
