@@ -26,6 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import tensorflow as tf
 
+# Images of a batch decoded at once; batches are also decoded in parallel with each other.
+_IMAGES_AT_ONCE = 32
+
 
 @dataclasses.dataclass(frozen=True)
 class Source:
@@ -106,11 +109,10 @@ class Pipeline:
     validation dataset, and tracing them anew cost a trial ~80 ms.
     """
 
-    def __init__(self, source: Source, store: Store | None, *, parallel_images: int = 32) -> None:
+    def __init__(self, source: Source, store: Store | None) -> None:
         self.source, self.store = source, store
         self._targets = tf.constant(source.targets)
         self._image = tf.TensorSpec([source.image_size, source.image_size, 3], tf.uint8)
-        self._parallel_images = parallel_images
         self._decode = tf.function(self._decode_batch)
         self._read = tf.function(self._read_batch)
         self._in_order: dict[int, tf.data.Dataset] = {}  # unshuffled datasets, by batch size
@@ -150,7 +152,7 @@ class Pipeline:
     def _decode_batch(self, *items: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         index, strings = self.source.unpack(*items)
         images = tf.map_fn(
-            self.source.decode, strings, fn_output_signature=self._image, parallel_iterations=self._parallel_images
+            self.source.decode, strings, fn_output_signature=self._image, parallel_iterations=_IMAGES_AT_ONCE
         )
         if self.store is not None:
             images = self.store.write(index, images)

@@ -63,17 +63,20 @@ def test_unshuffled_passes_keep_file_order_from_disk_and_from_memory(copied, tmp
 
 
 def test_a_first_pass_cut_short_is_decoded_again_in_full(copied, tmp_path):
-    data = open_data(Data(str(copied)), runs_dir=tmp_path / "runs")
-    train = data.dataset("train", 16, 32, shuffle=True, repeat=True)
-    batches = iter(train)
+    runs = tmp_path / "runs"
+    truth = pairs(*one_pass(open_data(Data(str(copied), cache=False), runs_dir=runs).dataset("train", 16, 8)))
+    data = open_data(Data(str(copied)), runs_dir=runs)
+    batches = iter(data.dataset("train", 16, 8, shuffle=True, repeat=True))
     next(batches), next(batches)  # a trial that stopped two steps in
     del batches
-    full = one_pass(data.dataset("train", 16, 32, shuffle=True, seed=1))
+    assert not data._pipelines[("train", 16)].store.complete()  # the case under test
+    full = one_pass(data.dataset("train", 16, 8, shuffle=True, seed=1))
+    assert pairs(*full) == truth  # nothing read from the half-filled store
     shutil.rmtree(copied)
     assert pairs(*one_pass(data.dataset("train", 16, 32, shuffle=True, seed=2))) == pairs(*full)
 
 
-def test_same_seed_same_order_in_a_new_process_state(digits_folders, digits_tfrecords, tmp_path):
+def test_same_seed_same_order_from_a_fresh_open(digits_folders, digits_tfrecords, tmp_path):
     for root in (digits_folders, digits_tfrecords):
         orders = []
         for seed in (3, 3, 4):
