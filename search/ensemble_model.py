@@ -8,7 +8,6 @@ around the members, each nested as a sub-model under its own name, so
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from search.data import ImageData
+from search.memory import TrialMemory
 
 PREDICT_BATCH = 64
 
@@ -114,6 +114,7 @@ def refit_member(
 
     config = TrialConfig.from_values(record["config"])
     keras.backend.clear_session()
+    memory = TrialMemory()
     keras.utils.set_random_seed(seed)
     model = models.build_model(config, data.num_classes)
     models.compile_model(model, config, replicas=1)
@@ -136,6 +137,5 @@ def refit_member(
     path.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, path)
     del model
-    keras.backend.clear_session()
-    gc.collect()
+    memory.release()
     return path

@@ -29,6 +29,7 @@ from search.data import ImageData
 from search.declare import Search
 from search.errors import SearchError
 from search.hooks import COMPLETED, FAILED, KILLED, PRUNED, HookList, SearchInfo, TrialInfo, TrialResult
+from search.memory import TrialMemory
 from search.results import trial_record, write_json, write_trials_csv
 from search.space import Space
 from search.validation import ValidationPass
@@ -146,6 +147,7 @@ class SpaceTuner(base_tuner.BaseTuner):
         self.strategy = strategy
         self.verbose = verbose
         self._results: dict[str, TrialResult] = {}
+        self._memory = TrialMemory()
         self.last_error: str | None = None
         super().__init__(
             oracle=oracle,
@@ -169,6 +171,7 @@ class SpaceTuner(base_tuner.BaseTuner):
         self.hooks.on_search_begin(self.info)
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
+        self._memory.begin()
         self._current = self._trial_info(trial)
         self.hooks.on_trial_begin(self.info, self._current)
 
@@ -191,7 +194,7 @@ class SpaceTuner(base_tuner.BaseTuner):
             stop = e
         write_trials_csv(self.info.space_dir)
         self.hooks.on_trial_end(self.info, self._current, result)
-        keras.backend.clear_session()  # also runs gc.collect(): a second full collection cost ~1 s a trial
+        self._memory.release()  # one full gc.collect(): a second one cost ~1 s a trial
         if stop is not None:
             raise stop
         self._trials_here += 1
