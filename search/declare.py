@@ -74,10 +74,11 @@ class Search:
     # "all" keeps every trial's model (needed for ensembles), "best" only the best so far.
     keep_models: str = "all"
     mixed_precision: bool = False
-    # The command line starts a fresh process (and resumes) after this many trials:
-    # TensorFlow keeps every traced training graph until its process ends, 100-200 MB a
-    # trial even for a MobileNet, whatever clear_session and gc do. None: never.
-    trials_per_process: int | None = 5
+    # The command line starts a fresh process (and resumes) after this many trials. Each
+    # trial's memory is released after it (search.memory), so None (never) is the default;
+    # a number bounds what a leak outside the search's reach (custom code, a GPU allocator
+    # fragmenting across very different models) can add up to.
+    trials_per_process: int | None = None
     # Second objective for a multi-objective (Pareto) search: "params", "size_mb" or "latency_ms".
     minimize: str | None = None
     # Extra keyword arguments for the algorithm (e.g. hyperband's factor, a sampler's options).

@@ -96,8 +96,8 @@ RECYCLE = "RECYCLE"
 
 def _continue_in_fresh_process(argv: list[str], trials: int | None) -> None:
     """Replace this process by the same command, which resumes the search (never --fresh)."""
-    print(f"\n{trials} trial(s) ran in this process: continuing in a fresh one to release "
-          "TensorFlow's memory (Search(trials_per_process=...)).", flush=True)
+    print(f"\n{trials} trial(s) ran in this process: continuing in a fresh one "
+          "(Search(trials_per_process=...)).", flush=True)
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "search.run", *[a for a in argv if a != "--fresh"]])
 
