@@ -1,20 +1,24 @@
 """Resident memory over many trials: does a long search stay flat?
 
-    .venv/bin/python bench/memory.py [--trials 30] [--steps 3] [--recycle 10] [--quick]
+    .venv/bin/python bench/memory.py [--trials 30] [--steps 3] [--recycle 5] [--quick]
 
 One search of `--trials` tiny trials (random search over MobileNet-family backbones and
 head sizes from scratch at 32 px, scikit-learn's digits, 1 epoch of `--steps` steps, MLflow
 off) run by `search.run.run_search` in this process. A hook reads the process's resident
-memory (VmRSS) after each trial, once the trial's record is written; Keras' session is
-cleared right after the hooks run. Growth is measured from trial 3 (once TensorFlow's
-kernels, the data cache and the first graphs are in) to the last. Prints a table and writes
+memory (VmRSS) twice a trial: when the trial ends (its model and graphs still alive), and
+after the search has released the trial (read as the next trial begins, or the search
+ends). Growth is measured on the second, from trial 3 (once TensorFlow's kernels, the
+image store and the first graphs are in) to the last. Prints a table and writes
 runs/bench/memory.json.
 
-TensorFlow keeps every traced training graph until its process ends (a bare
-tf.function + GradientTape loop, measured here as a control, grows the same way), so the
-command line recycles its process every `Search(trials_per_process=...)` trials and resumes.
-`--recycle N` measures that too: the real command in a child process, its memory read from
-outside as each trial's record appears (the process id survives the re-exec).
+Two controls, bare TensorFlow without the framework (a MobileNetV2 built, one traced train
+step, `clear_session`, `gc`, in a loop): as is, and with `search.memory.TrialMemory`
+around each iteration. The first shows TensorFlow keeping every traced training graph;
+the second, that dropping the trial's custom gradients frees it.
+
+`--recycle N` also measures the command line with `Search(trials_per_process=N)`, which
+starts a fresh process every N trials: its memory read from outside as each trial's record
+appears (the process id survives the re-exec).
 """
 
 from __future__ import annotations
@@ -63,23 +67,39 @@ def rss_mb() -> float:
 
 
 class _Memory(SearchHooks):
+    """RSS when each trial ends, and once the search has released it."""
+
     def __init__(self) -> None:
         self.rows: list[dict[str, float | int | str]] = []
         self.started = time.perf_counter()
 
+    def _released(self) -> None:
+        if self.rows and "rss_mb" not in self.rows[-1]:
+            row = self.rows[-1]
+            row["rss_mb"] = round(rss_mb(), 1)
+            print(f"trial {row['trial']:>3} {row['backbone']:<17} {row['status']:<9} "
+                  f"RSS {row['rss_end_mb']:>7} MB at its end, {row['rss_mb']:>7} MB released", flush=True)
+
+    def on_trial_begin(self, search, trial):
+        self._released()
+
     def on_trial_end(self, search, trial, result):
         self.rows.append({"trial": trial.number, "backbone": trial.config.backbone, "status": result.status,
-                          "rss_mb": round(rss_mb(), 1), "elapsed_s": round(time.perf_counter() - self.started, 1)})
-        print(f"trial {trial.number:>3} {trial.config.backbone:<17} {result.status:<9} "
-              f"RSS {self.rows[-1]['rss_mb']:>7} MB", flush=True)
+                          "rss_end_mb": round(rss_mb(), 1), "elapsed_s": round(time.perf_counter() - self.started, 1)})
+
+    def on_search_end(self, search, status):
+        self._released()
 
 
 BARE = """
 import gc, os, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras, numpy as np, tensorflow as tf
+from search.memory import TrialMemory
 x = np.random.rand(32, 32, 32, 3).astype("float32"); y = np.random.randint(0, 10, 32)
+memory = TrialMemory()
 for i in range({n}):
+    memory.begin()
     model = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10)
     optimizer = keras.optimizers.Adam()
     @tf.function
@@ -89,16 +109,23 @@ for i in range({n}):
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
     step(x, y)
     del step, model, optimizer
-    keras.backend.clear_session(); gc.collect()
+    if {release}:
+        memory.release()
+    else:
+        keras.backend.clear_session(); gc.collect()
     print(int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024, flush=True)
 """
 
 
-def bare_tensorflow(n: int) -> list[float]:
-    """RSS after each of n build + one traced train step + clear_session, no framework code."""
+def bare_tensorflow(n: int, release: bool) -> list[float]:
+    """RSS after each of n (build + one traced train step + clear_session), no framework code
+    but, with `release`, `TrialMemory`."""
     import subprocess
 
-    out = subprocess.run([sys.executable, "-c", BARE.format(n=n)], capture_output=True, text=True, check=True)
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-c", BARE.format(n=n, release=release)], capture_output=True,
+                         text=True, check=True, env=env)
     return [float(line) for line in out.stdout.split()]
 
 
@@ -137,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--steps", type=int, default=3, help="training steps per trial (default 3)")
-    p.add_argument("--recycle", type=int, default=5, metavar="N",
-                   help="also run the command line with trials_per_process=N (default 5, as Search; 0: skip)")
+    p.add_argument("--recycle", type=int, default=0, metavar="N",
+                   help="also run the command line with Search(trials_per_process=N) (default 0: skip)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 4 trials of 1 step")
     p.add_argument("--out", type=Path, default=Path("runs/bench/memory.json"))
     args = p.parse_args(argv)
@@ -159,23 +186,32 @@ def main(argv: list[str] | None = None) -> int:
     first = 3 if len(rows) >= 3 else 1
     base, last = float(rows[first - 1]["rss_mb"]), float(rows[-1]["rss_mb"])
     growth = 100 * (last - base) / base
+    ends = [float(r["rss_end_mb"]) for r in rows]
+    end_growth = 100 * (max(ends[first - 1:]) - ends[first - 1]) / ends[first - 1]
     summary = {
         "trials": len(rows), "steps_per_trial": args.steps, "status": outcome.status,
         "rss_before_search_mb": round(start_mb, 1), "rss_after_search_mb": round(rss_mb(), 1),
         f"rss_trial_{first}_mb": base, f"rss_trial_{len(rows)}_mb": last,
         "growth_percent": round(growth, 2), "growth_mb_per_trial": round((last - base) / max(len(rows) - first, 1), 2),
+        "rss_released_range_mb": [min(float(r["rss_mb"]) for r in rows[first - 1:]), max(float(r["rss_mb"]) for r in rows[first - 1:])],
+        "rss_at_trial_end_peak_mb": max(ends), "rss_at_trial_end_peak_growth_percent": round(end_growth, 2),
         "target": "growth < 5% from trial 3 to trial 30", "per_trial": rows, "date": time.strftime("%Y-%m-%d"),
     }
-    print(f"\n{'trial':>5} {'RSS MB':>8}")
+    print(f"\n{'trial':>5} {'backbone':<17} {'at end MB':>9} {'released MB':>11}")
     for r in rows:
-        print(f"{r['trial']:>5} {r['rss_mb']:>8}")
-    print(f"RSS before the search {start_mb:.0f} MB; trial {first} {base:.0f} MB -> trial {len(rows)} {last:.0f} MB: "
-          f"{growth:+.1f}% ({summary['growth_mb_per_trial']:+.2f} MB per trial); target < 5%")
-    bare = bare_tensorflow(min(args.trials, 10))
-    b0, b1, bg = _growth(bare)
-    summary["bare_tensorflow_rss_mb"] = bare
-    print(f"Control, bare TensorFlow (MobileNetV2 + one traced train step, clear_session, gc) x{len(bare)}: "
-          f"{b0:.0f} -> {b1:.0f} MB ({bg:+.1f}%): the growth is TensorFlow's, not the framework's")
+        print(f"{r['trial']:>5} {r['backbone']:<17} {r['rss_end_mb']:>9} {r['rss_mb']:>11}")
+    print(f"RSS before the search {start_mb:.0f} MB; released, trial {first} {base:.0f} MB -> trial {len(rows)} "
+          f"{last:.0f} MB: {growth:+.1f}% ({summary['growth_mb_per_trial']:+.2f} MB per trial); target < 5%")
+    print(f"  highest RSS at a trial's end, from trial {first}: {max(ends[first - 1:]):.0f} MB "
+          f"({end_growth:+.1f}% over trial {first}'s)")
+    n = min(args.trials, 8)
+    for release, key, label in ((False, "bare_tensorflow_rss_mb", "clear_session + gc"),
+                                (True, "bare_tensorflow_released_rss_mb", "TrialMemory.release")):
+        bare = bare_tensorflow(n, release)
+        b0, b1, bg = _growth(bare)
+        summary[key] = bare
+        print(f"Control, bare TensorFlow (MobileNetV2 + one traced train step, {label}) x{len(bare)}: "
+              f"iteration 3 {b0:.0f} -> {b1:.0f} MB ({bg:+.1f}%)")
     if args.recycle:
         rows_r = recycled(space_file, tmp / "recycled", args.recycle)
         if rows_r:

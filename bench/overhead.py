@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import io
 import json
 import os
@@ -105,16 +104,19 @@ def framework(space_file: Path, runs_dir: Path, tracking: bool) -> tuple[float, 
 
 
 def measure(variant: str, space_file: Path, runs_dir: Path) -> tuple[float, float]:
+    from search.memory import TrialMemory
+
+    memory = TrialMemory()
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
         if variant == "plain":
             result = plain(space_file, runs_dir)
         else:
             result = framework(space_file, runs_dir, tracking=variant == "search+mlflow")
-    import keras
-
-    keras.backend.clear_session()  # untimed: no variant pays for the garbage of the one before
-    gc.collect()
+    # Untimed: no variant pays for the garbage of the one before, nor for the traced graphs
+    # the plain loop leaks (TensorFlow's gradient registry keeps them; every full garbage
+    # collection after would walk them).
+    memory.release()
     return result
 
 
