@@ -8,7 +8,9 @@ off) run by `search.run.run_search` in this process. A hook reads the process's 
 memory (VmRSS) twice a trial: when the trial ends (its model and graphs still alive), and
 after the search has released the trial (read as the next trial begins, or the search
 ends). Growth is measured on the second, from trial 3 (once TensorFlow's kernels, the
-image store and the first graphs are in) to the last. Prints a table and writes
+image store and the first graphs are in) to the last, and split between the trials that
+brought a backbone and batch size not run before (new layer shapes, new oneDNN kernels for
+TensorFlow's caches) and those that repeated one. Prints a table and writes
 runs/bench/memory.json.
 
 Two controls, bare TensorFlow without the framework (a MobileNetV2 built, one traced train
@@ -84,7 +86,8 @@ class _Memory(SearchHooks):
         self._released()
 
     def on_trial_end(self, search, trial, result):
-        self.rows.append({"trial": trial.number, "backbone": trial.config.backbone, "status": result.status,
+        self.rows.append({"trial": trial.number, "backbone": trial.config.backbone,
+                          "batch_size": trial.config.batch_size, "status": result.status,
                           "rss_end_mb": round(rss_mb(), 1), "elapsed_s": round(time.perf_counter() - self.started, 1)})
 
     def on_search_end(self, search, status):
@@ -160,6 +163,25 @@ def _growth(rows: list[float]) -> tuple[float, float, float]:
     return base, last, 100 * (last - base) / base
 
 
+def by_novelty(rows: list[dict], first: int) -> dict[str, float | int]:
+    """Splits the released RSS's growth after trial `first` between the trials that brought a
+    (backbone, batch size) not run before, whose new layer shapes make oneDNN compile and
+    cache new kernels, and the trials that repeated one."""
+    seen = {(r["backbone"], r["batch_size"]) for r in rows[:first]}
+    new_mb = repeat_mb = 0.0
+    new = repeat = 0
+    for before, row in zip(rows[first - 1:], rows[first:]):
+        delta = float(row["rss_mb"]) - float(before["rss_mb"])
+        shapes = (row["backbone"], row["batch_size"])
+        if shapes in seen:
+            repeat, repeat_mb = repeat + 1, repeat_mb + delta
+        else:
+            new, new_mb = new + 1, new_mb + delta
+            seen.add(shapes)
+    return {"new_shape_trials": new, "new_shape_growth_mb": round(new_mb, 1),
+            "repeat_shape_trials": repeat, "repeat_shape_growth_mb": round(repeat_mb, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=30)
@@ -195,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "growth_percent": round(growth, 2), "growth_mb_per_trial": round((last - base) / max(len(rows) - first, 1), 2),
         "rss_released_range_mb": [min(float(r["rss_mb"]) for r in rows[first - 1:]), max(float(r["rss_mb"]) for r in rows[first - 1:])],
         "rss_at_trial_end_peak_mb": max(ends), "rss_at_trial_end_peak_growth_percent": round(end_growth, 2),
+        **by_novelty(rows, first),
         "target": "growth < 5% from trial 3 to trial 30", "per_trial": rows, "date": time.strftime("%Y-%m-%d"),
     }
     print(f"\n{'trial':>5} {'backbone':<17} {'at end MB':>9} {'released MB':>11}")
@@ -204,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{last:.0f} MB: {growth:+.1f}% ({summary['growth_mb_per_trial']:+.2f} MB per trial); target < 5%")
     print(f"  highest RSS at a trial's end, from trial {first}: {max(ends[first - 1:]):.0f} MB "
           f"({end_growth:+.1f}% over trial {first}'s)")
+    split = by_novelty(rows, first)
+    if split["new_shape_trials"] + split["repeat_shape_trials"]:
+        print(f"  of which {split['new_shape_growth_mb']:+.0f} MB on the {split['new_shape_trials']} trials that brought a "
+              f"backbone and batch size not run before (new kernels for oneDNN's caches), "
+              f"{split['repeat_shape_growth_mb']:+.0f} MB on the {split['repeat_shape_trials']} that repeated one "
+              f"({100 * split['repeat_shape_growth_mb'] / base:+.1f}% of trial {first}'s)")
     n = min(args.trials, 8)
     for release, key, label in ((False, "bare_tensorflow_rss_mb", "clear_session + gc"),
                                 (True, "bare_tensorflow_released_rss_mb", "TrialMemory.release")):

@@ -19,3 +19,15 @@ def test_bench_script_loads_and_parses_its_options(name, capsys):
         module.main(["--help"])
     assert exit_.value.code == 0
     assert "--quick" in capsys.readouterr().out
+
+
+def test_memory_growth_is_split_between_new_and_repeated_layer_shapes():
+    spec = importlib.util.spec_from_file_location("bench_memory", BENCH / "memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = [{"backbone": b, "batch_size": s, "rss_mb": m} for b, s, m in [
+        ("MobileNet", 16, 900), ("MobileNet", 32, 950), ("MobileNetV2", 16, 1000),  # trial 3: the base
+        ("MobileNet", 16, 1002), ("MobileNetV3Small", 16, 1030), ("MobileNetV2", 16, 1031),
+        ("MobileNetV3Small", 32, 1050), ("MobileNet", 32, 1049)]]
+    assert module.by_novelty(rows, 3) == {"new_shape_trials": 2, "new_shape_growth_mb": 47.0,
+                                          "repeat_shape_trials": 3, "repeat_shape_growth_mb": 2.0}
