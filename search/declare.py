@@ -20,6 +20,7 @@ from search.errors import SpaceError, did_you_mean
 
 LAYOUTS = ("auto", "split_folders", "folders", "tfrecord")
 ALGORITHMS = ("random", "grid", "bayesian", "hyperband", "tpe", "cmaes", "gp", "nsga2")
+MAX_SEED = 999_999  # trials seed Keras with seed * 1000 + their number, which numpy takes below 2**32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,8 @@ class Search:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise SpaceError(f"Search({name}={value!r}) must be a whole number >= 1.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise SpaceError(f"Search(seed={self.seed!r}) must be a whole number from 0 to {MAX_SEED}.")
         if self.early_stopping is not None and self.early_stopping < 1:
             raise SpaceError(f"Search(early_stopping={self.early_stopping!r}) must be >= 1 or None.")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:

@@ -67,11 +67,19 @@ def objective(search: Search) -> kt.Objective:
     return kt.Objective(search.objective, direction)
 
 
+def keras_tuner_seed(seed: int) -> int:
+    """`seed` as Keras Tuner can take it. Its oracles run `self.seed = seed or
+    random.randint(1, 10000)`, so seed 0, our default, would try a different sequence of
+    values in every run. Seeds are 0 to MAX_SEED (Search checks), so seed + 1 is distinct
+    and non-zero."""
+    return seed + 1
+
+
 def make_oracle(search: Search, seed: int) -> kt.Oracle:
     """The Keras Tuner oracle for `search.algorithm` (Optuna's live in search.optuna_oracle)."""
     common: dict[str, Any] = {
         "objective": objective(search),
-        "seed": seed,
+        "seed": keras_tuner_seed(seed),
         "max_retries_per_trial": 0,
         "max_consecutive_failed_trials": MAX_CONSECUTIVE_FAILURES,
     }
@@ -92,7 +100,7 @@ def make_oracle(search: Search, seed: int) -> kt.Oracle:
             f"algorithm {search.algorithm!r} needs the Optuna adapter (search/optuna_oracle.py), "
             "which is not installed; use random, grid, bayesian or hyperband."
         ) from None
-    return optuna_oracle.make_oracle(search, **common)  # common carries the seed
+    return optuna_oracle.make_oracle(search, **{**common, "seed": seed})  # Optuna's samplers take 0
 
 
 class Recycle(Exception):
