@@ -16,8 +16,8 @@ Three things keep a trial's memory after its model is gone:
 
 Measured in bench/memory.py: a bare-TensorFlow loop (MobileNetV2, one traced train step)
 grew +1.3% over 8 iterations with `release` and +61% with `clear_session` and `gc`; a
-30-trial search grew +10.6% and +15.1% between trials in two runs (+229% before). What is
-left is TensorFlow's oneDNN kernel caches (per thread, 1024 entries per kind of primitive,
+30-trial search grew +10.6% and +15.1% between trials in two runs (+229% before). Most of
+what is left is TensorFlow's oneDNN kernel caches (per thread, 1024 entries per kind of primitive,
 no way to empty them from outside), which fill as new layer shapes appear: CPU only.
 """
 
