@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     growth = 100 * (last - base) / base
     ends = [float(r["rss_end_mb"]) for r in rows]
     end_growth = 100 * (max(ends[first - 1:]) - ends[first - 1]) / ends[first - 1]
+    split = by_novelty(rows, first)
     summary = {
         "trials": len(rows), "steps_per_trial": args.steps, "status": outcome.status,
         "rss_before_search_mb": round(start_mb, 1), "rss_after_search_mb": round(rss_mb(), 1),
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "growth_percent": round(growth, 2), "growth_mb_per_trial": round((last - base) / max(len(rows) - first, 1), 2),
         "rss_released_range_mb": [min(float(r["rss_mb"]) for r in rows[first - 1:]), max(float(r["rss_mb"]) for r in rows[first - 1:])],
         "rss_at_trial_end_peak_mb": max(ends), "rss_at_trial_end_peak_growth_percent": round(end_growth, 2),
-        **by_novelty(rows, first),
+        **split,
         "target": "growth < 5% from trial 3 to trial 30", "per_trial": rows, "date": time.strftime("%Y-%m-%d"),
     }
     print(f"\n{'trial':>5} {'backbone':<17} {'at end MB':>9} {'released MB':>11}")
@@ -227,7 +228,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{last:.0f} MB: {growth:+.1f}% ({summary['growth_mb_per_trial']:+.2f} MB per trial); target < 5%")
     print(f"  highest RSS at a trial's end, from trial {first}: {max(ends[first - 1:]):.0f} MB "
           f"({end_growth:+.1f}% over trial {first}'s)")
-    split = by_novelty(rows, first)
     if split["new_shape_trials"] + split["repeat_shape_trials"]:
         print(f"  of which {split['new_shape_growth_mb']:+.0f} MB on the {split['new_shape_trials']} trials that brought a "
               f"backbone and batch size not run before (new kernels for oneDNN's caches), "

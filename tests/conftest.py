@@ -31,6 +31,21 @@ def seed_everything() -> Iterator[None]:
     yield
 
 
+def oracle_proposals(oracle, hp, folder: Path, trials: int) -> Iterator[dict]:
+    """The values a Keras Tuner `oracle` proposes on the space `hp`, for up to `trials`
+    trials, each ended before the next begins as in a search (no training: all score 0.5)."""
+    oracle._set_project_dir(str(folder), "oracle")  # noqa: SLF001 - what a tuner would do
+    oracle.update_space(hp)
+    for index in range(trials):
+        trial = oracle.create_trial(str(index))
+        if trial.status != "RUNNING":  # the space is exhausted
+            return
+        yield dict(trial.hyperparameters.values)
+        oracle.update_trial(trial.trial_id, {"val_accuracy": 0.5})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+
+
 def digit_images(per_class: int = PER_CLASS) -> list[tuple[int, int, np.ndarray]]:
     """(label, index, 8x8 uint8 image) for the first `per_class` digits of each class 0..9."""
     from sklearn.datasets import load_digits

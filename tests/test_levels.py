@@ -15,7 +15,7 @@ from search import run
 from search.hparams import TrialConfig
 from search.space import load_space
 
-from conftest import digit_images, petals_example
+from conftest import digit_images, oracle_proposals, petals_example
 
 REPO = Path(__file__).resolve().parents[1]
 FLOWERS = str(REPO / "spaces" / "flowers.py")
@@ -66,19 +66,10 @@ def configs(space_file: str, folder: Path, sets: dict[str, str] | None = None) -
     space = load_space(space_file, sets=sets)
     hp = kt.HyperParameters()
     space.declare(hp)
-    oracle = make_oracle(space.search, seed=0)
-    oracle._set_project_dir(str(folder), "oracle")  # noqa: SLF001 - what a tuner would do
-    oracle.update_space(hp)
     found = {}
-    for index in range(6):  # as a search does: each trial ends before the next one starts
-        trial = oracle.create_trial(str(index))
-        if trial.status != "RUNNING":
-            break
-        config = space.trial_config(trial.hyperparameters.values)
+    for values in oracle_proposals(make_oracle(space.search, seed=0), hp, folder, trials=6):
+        config = space.trial_config(values)
         found.setdefault(config.backbone, config)
-        oracle.update_trial(trial.trial_id, {"val_accuracy": 0.5})
-        trial.status = "COMPLETED"
-        oracle.end_trial(trial)
     return found
 
 

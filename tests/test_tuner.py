@@ -12,24 +12,16 @@ from search import Search
 from search.errors import SpaceError
 from search.tuner import make_oracle
 
+from conftest import oracle_proposals
+
 
 def proposed(search: Search, folder: Path, trials: int = 4) -> list[dict]:
-    """The values the oracle proposes for `trials` trials, each ended before the next, as a search does."""
+    """The values the search's oracle proposes for `trials` trials on a small space."""
     hp = kt.HyperParameters()
     hp.Choice("backbone", ["MobileNetV2", "MobileNet", "MobileNetV3Small"])
     hp.Int("head_width", 32, 512, sampling="log")
     hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")
-    oracle = make_oracle(search, search.seed)
-    oracle._set_project_dir(str(folder), "oracle")  # noqa: SLF001 - what a tuner would do
-    oracle.update_space(hp)
-    values = []
-    for index in range(trials):
-        trial = oracle.create_trial(str(index))
-        values.append(dict(trial.hyperparameters.values))
-        oracle.update_trial(trial.trial_id, {"val_accuracy": 0.1 * index})
-        trial.status = "COMPLETED"
-        oracle.end_trial(trial)
-    return values
+    return list(oracle_proposals(make_oracle(search, search.seed), hp, folder, trials))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 999_999])
