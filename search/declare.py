@@ -78,7 +78,8 @@ class Search:
     # The command line starts a fresh process (and resumes) after this many trials. Each
     # trial's memory is released after it (search.memory), so None (never) is the default;
     # a number bounds what a leak outside the search's reach (custom code, a GPU allocator
-    # fragmenting across very different models) can add up to.
+    # fragmenting across very different models, TensorFlow's oneDNN kernel caches on CPU)
+    # can add up to.
     trials_per_process: int | None = None
     # Second objective for a multi-objective (Pareto) search: "params", "size_mb" or "latency_ms".
     minimize: str | None = None
