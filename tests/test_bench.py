@@ -31,3 +31,12 @@ def test_memory_growth_is_split_between_new_and_repeated_layer_shapes():
         ("MobileNetV3Small", 32, 1050), ("MobileNet", 32, 1049)]]
     assert module.by_novelty(rows, 3) == {"new_shape_trials": 2, "new_shape_growth_mb": 47.0,
                                           "repeat_shape_trials": 3, "repeat_shape_growth_mb": 2.0}
+
+
+def test_recycling_gain_compares_the_same_trials_process_by_process():
+    spec = importlib.util.spec_from_file_location("bench_memory", BENCH / "memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    one_process = [1000, 1100, 1050, 1200, 1300, 1250, 1400]
+    recycled = [1010, 1090, 1050, 1100, 1150, 1150, 1000]  # fresh processes at trials 4 and 7
+    assert module.recycling_gain(one_process, recycled, 3) == [0.0, 116.7, 400.0]
