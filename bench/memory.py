@@ -155,18 +155,22 @@ def recycled(space_file: Path, runs: Path, every: int) -> list[float]:
     return rows
 
 
+def _per_process(rows: list, every: int) -> list[list]:
+    """A recycling run's rows, one list per process (`every` trials each; the last may be short)."""
+    return [rows[i:i + every] for i in range(0, len(rows), every)]
+
+
 def process_peaks(rows: list[float], every: int) -> list[float]:
-    """The highest RSS of each process of a recycling run (`every` trials each; the last may be short)."""
-    return [max(rows[i:i + every]) for i in range(0, len(rows), every)]
+    """The highest RSS of each process of a recycling run."""
+    return [max(chunk) for chunk in _per_process(rows, every)]
 
 
 def recycling_gain(one_process: list[float], recycled_rows: list[float], every: int) -> list[float]:
     """For each process of a recycling run, how much higher the one-process run's RSS stood at
     the end of the same trials, on average (MB). The search is seeded, so trial n is the same
     model in both runs, and only the process's age differs."""
-    pairs = list(zip(one_process, recycled_rows))
     return [round(sum(a - b for a, b in chunk) / len(chunk), 1)
-            for chunk in (pairs[i:i + every] for i in range(0, len(pairs), every))]
+            for chunk in _per_process(list(zip(one_process, recycled_rows)), every)]
 
 
 def _growth(rows: list[float]) -> tuple[float, float, float]:

@@ -19,8 +19,8 @@ grew +0.9% over 8 iterations with `release` and +56% with `clear_session` and `g
 30-trial search grew +11.2% between trials 3 and 30 (+229% before). Most of what is left is
 TensorFlow's oneDNN kernel caches (per thread, 1024 entries per kind of primitive, no way to
 empty them from outside), which fill as new layer shapes appear: CPU only. A fresh process
-(`Search(trials_per_process=N)`) starts with empty caches and fills them again: 10 trials
-into a fresh process, the same trials in the long-lived one stood only ~25 MB higher.
+(`Search(trials_per_process=N)`) starts with empty caches and fills them again: 7 to 10
+trials into a fresh process, the same trials in the long-lived one stood only ~25 MB higher.
 """
 
 from __future__ import annotations

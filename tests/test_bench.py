@@ -10,11 +10,17 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-@pytest.mark.parametrize("name", ["overhead", "input_pipeline", "memory", "gpu"])
-def test_bench_script_loads_and_parses_its_options(name, capsys):
+def _load(name: str):
+    """A bench script as a module (bench/ is not a package)."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["overhead", "input_pipeline", "memory", "gpu"])
+def test_bench_script_loads_and_parses_its_options(name, capsys):
+    module = _load(name)
     with pytest.raises(SystemExit) as exit_:
         module.main(["--help"])
     assert exit_.value.code == 0
@@ -22,9 +28,7 @@ def test_bench_script_loads_and_parses_its_options(name, capsys):
 
 
 def test_memory_growth_is_split_between_new_and_repeated_layer_shapes():
-    spec = importlib.util.spec_from_file_location("bench_memory", BENCH / "memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load("memory")
     rows = [{"backbone": b, "batch_size": s, "rss_mb": m} for b, s, m in [
         ("MobileNet", 16, 900), ("MobileNet", 32, 950), ("MobileNetV2", 16, 1000),  # trial 3: the base
         ("MobileNet", 16, 1002), ("MobileNetV3Small", 16, 1030), ("MobileNetV2", 16, 1031),
@@ -34,9 +38,7 @@ def test_memory_growth_is_split_between_new_and_repeated_layer_shapes():
 
 
 def test_recycling_gain_compares_the_same_trials_process_by_process():
-    spec = importlib.util.spec_from_file_location("bench_memory", BENCH / "memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load("memory")
     one_process = [1000, 1100, 1050, 1200, 1300, 1250, 1400]
     recycled = [1010, 1090, 1050, 1100, 1150, 1150, 1000]  # fresh processes at trials 4 and 7
     assert module.recycling_gain(one_process, recycled, 3) == [0.0, 116.7, 400.0]
