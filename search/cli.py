@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from search.errors import did_you_mean
@@ -38,3 +39,11 @@ def fail(error: Any) -> int:
     """A user's mistake: one line on stderr, exit status 2, no traceback."""
     print(f"error: {error}", file=sys.stderr)
     return 2
+
+
+def entry(main: Callable[[Sequence[str] | None], int]) -> None:
+    """`python -m search.X`: run a command's main with native library noise filtered from stderr."""
+    from search.console import filter_native_stderr
+
+    filter_native_stderr()
+    sys.exit(main(None))

@@ -16,10 +16,11 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from search import metrics
+from search.engine.algorithms import ALGORITHMS
 from search.errors import SpaceError, did_you_mean
 
 LAYOUTS = ("auto", "split_folders", "folders", "tfrecord")
-ALGORITHMS = ("random", "grid", "bayesian", "hyperband", "tpe", "cmaes", "gp", "nsga2")
 MAX_SEED = 999_999  # trials seed Keras with seed * 1000 + their number, which numpy takes below 2**32
 
 
@@ -63,8 +64,8 @@ class Data:
 class Search:
     """How to search: algorithm, objective, budget and stopping."""
 
-    algorithm: str = "random"
-    objective: str = "val_accuracy"
+    algorithm: str = "random"  # one of search.engine.algorithms.ALGORITHMS
+    objective: str = "val_accuracy"  # one of search.metrics.METRICS
     max_trials: int = 10
     epochs: int = 10
     # Stop a trial after this many epochs without improvement of the objective (None: never).
@@ -81,7 +82,7 @@ class Search:
     # fragmenting across very different models, TensorFlow's oneDNN kernel caches on CPU)
     # can add up to.
     trials_per_process: int | None = None
-    # Second objective for a multi-objective (Pareto) search: "params", "size_mb" or "latency_ms".
+    # Second objective for a multi-objective (Pareto) search: one of search.metrics.COSTS.
     minimize: str | None = None
     # Extra keyword arguments for the algorithm (e.g. hyperband's factor, a sampler's options).
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -108,7 +109,5 @@ class Search:
             raise SpaceError(f"Search(trials_per_process={self.trials_per_process!r}) must be >= 1 or None.")
         if self.keep_models not in ("all", "best"):
             raise SpaceError(f"Search(keep_models={self.keep_models!r}) must be 'all' or 'best'.")
-        if self.minimize not in (None, "params", "size_mb", "latency_ms"):
-            raise SpaceError(
-                f"Search(minimize={self.minimize!r}) must be None, 'params', 'size_mb' or 'latency_ms'."
-            )
+        metrics.check_objective(self.objective)
+        metrics.check_cost(self.minimize)

@@ -10,10 +10,6 @@ By default one model per backbone searched (its best trial); `--trial`, `--champ
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import argparse
 import dataclasses
 import sys
@@ -25,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from search.cli import Parser, fail
+from search.cli import Parser, entry, fail
 from search.errors import SearchError
 
 VARIANTS = ("float32", "float16", "int8")
@@ -121,7 +117,7 @@ def export_model(path: Path, name: str, backbone: str, data: Any, out: Path, lim
     """Convert one saved model, compare its three TFLite files with it on val, size them."""
     import keras
 
-    from search.models import count_params, model_size_mb
+    from search.models.build import count_params, model_size_mb
 
     model = keras.models.load_model(path, compile=False)
     images = val_images(data, int(model.input_shape[1]), limit)
@@ -135,15 +131,15 @@ def export_model(path: Path, name: str, backbone: str, data: Any, out: Path, lim
 
 def chosen_models(space_dir: Path, args: argparse.Namespace) -> list[tuple[Path, str, str]]:
     """(model file, name, backbone) for each model to export."""
-    from search.results import load_records
+    from search.results.records import load_records
 
     records = [r for r in load_records(space_dir)
                if r.get("status") == "COMPLETED" and (space_dir / "trials" / r["trial_id"] / "model.keras").is_file()]
     backbone = {r["trial_id"]: str(r.get("config", {}).get("backbone", "?")) for r in records}
     if args.champion:
-        from search.predict import champion_path
+        from search.runs.layout import SpaceDir, served_model
 
-        path, note = champion_path(space_dir)
+        path, note = served_model(SpaceDir(space_dir))
         if note:
             print(note, file=sys.stderr)
         return [(path, path.stem, "ensemble" if path.stem == "champion" else "best")]
@@ -192,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SearchError(f"--max-images {args.max_images}: give a number >= 1.")
         import pandas as pd
 
-        from search.saved import locate
+        from search.runs.layout import locate
 
         saved = locate(args.space, Path(args.runs_dir))
         models = chosen_models(saved.space_dir, args)
@@ -214,11 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: a TFLite model agrees with its Keras model on only {low:.1%} of val images' top-1.",
               file=sys.stderr)
     if not args.no_tracking:
-        from search import tracking
+        from search.tracking.client import attach
 
-        print(tracking.log_report(saved.space_dir, [csv], "export"))
+        print(attach(saved.folder, [csv], "export"))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry(main)

@@ -8,10 +8,6 @@ through the layers in front of the backbone first (its preprocessing), as in tra
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import argparse
 import re
 import sys
@@ -21,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from search.cli import Parser, fail
-from search.errors import SearchError
+from search.cli import Parser, entry, fail
+from search import compat
+from search.errors import SearchError, did_you_mean
 
 MAX_CHANNELS = 64
 DEFAULT_LAYERS = 4
@@ -41,7 +38,7 @@ def backbone_path(model: Any) -> tuple[list[Any], Any]:
             return steps, model
         inner = nested[0]
         # The tensor the outer graph feeds this nested model (the output of the preprocessing).
-        fed = inner._inbound_nodes[-1].input_tensors[0]
+        fed = compat.tensor_fed_to(inner)
         steps.append(keras.Model(model.inputs[0], fed, name=f"before_{inner.name}"))
         model = inner
 
@@ -71,8 +68,6 @@ def choose_layers(layers: list[Any], wanted: str | None) -> list[Any]:
     chosen = []
     for name in (n.strip() for n in wanted.split(",") if n.strip()):
         if name not in by_name:
-            from search.errors import did_you_mean
-
             shown = ", ".join(list(by_name)[:12]) + (", ..." if len(by_name) > 12 else "")
             raise SearchError(f"--layers: no convolution layer {name!r}.{did_you_mean(name, by_name)} Some: {shown}")
         chosen.append(by_name[name])
@@ -83,7 +78,7 @@ def load_image(path: Path, size: int) -> np.ndarray:
     """(1, size, size, 3) float32 pixels in 0..255, decoded and resized as in training."""
     import tensorflow as tf
 
-    from search.data import decode_image
+    from search.data.dataset import decode_image
 
     if not path.is_file():
         raise SearchError(f"--image {path}: no such file.")
@@ -149,9 +144,9 @@ def _model_file(args: argparse.Namespace, space_dir: Path) -> tuple[Path, str]:
             have = sorted(p.parent.name for p in (space_dir / "trials").glob("*/model.keras"))
             raise SearchError(f"--trial {args.trial}: no model at {path}. Trials with a model: {', '.join(have) or 'none'}.")
         return path, f"trial-{args.trial}"
-    from search.predict import champion_path
+    from search.runs.layout import SpaceDir, served_model
 
-    path, note = champion_path(space_dir)
+    path, note = served_model(SpaceDir(space_dir))
     if note:
         print(note, file=sys.stderr)
     return path, path.stem
@@ -182,8 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import keras
 
-        import search.models  # noqa: F401 - registers the custom loss some saved models name
-        from search.saved import locate
+        import search.models.build  # noqa: F401 - registers the custom loss some saved models name
+        from search.runs.layout import locate
 
         saved = locate(args.space, Path(args.runs_dir))
         model_path, label = _model_file(args, saved.space_dir)
@@ -197,11 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in written:
         print(path)
     if not args.no_tracking:
-        from search import tracking
+        from search.tracking.client import attach
 
-        print(tracking.log_report(saved.space_dir, written, f"featuremaps/{label}"))
+        print(attach(saved.folder, written, f"featuremaps/{label}"))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry(main)

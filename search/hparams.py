@@ -2,23 +2,31 @@
 
 A space file declares some of these names with Keras Tuner's `hp`; every name it leaves
 out takes the default below. `TrialConfig` is the resolved set of values for one trial and
-is all that `models`, `data` and `schedules` ever see.
+is all that `search.models` and `search.data` ever see. The vocabularies of the names that
+take words live with the code that uses them: backbones and weights in
+`search.models.backbones`, optimizers in `search.models.optimizers`, schedules in
+`search.models.schedules`, augmentation policies in `search.data.augment`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+from search.data.augment import POLICIES
 from search.errors import SpaceError, did_you_mean
+from search.models.backbones import BACKBONES, WEIGHTS
+from search.models.optimizers import OPTIMIZERS
+from search.models.schedules import SCHEDULES
 
-FINE_TUNE_MODES = ("all", "frozen", "top")
-OPTIMIZERS = ("adam", "rmsprop", "sgd")
-SCHEDULES = ("constant", "warmup_exp", "step", "cosine")
-AUGMENTATIONS = ("none", "faces", "flowers")
-POOLINGS = ("avg", "max")
+FINE_TUNE_MODES = {
+    "all": "every layer trains",
+    "frozen": "the backbone is frozen: only the head trains",
+    "top": "the last fine_tune_layers layers of the backbone train (BatchNormalization stays frozen)",
+}
+POOLINGS = {"avg": "global average pooling", "max": "global max pooling"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,13 +59,13 @@ class TrialConfig:
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> TrialConfig:
-        """Build a config from hp values, ignoring Keras Tuner's own `tuner/*` entries."""
+        """Build a config from hp values, ignoring names it does not hold (Keras Tuner's
+        own `tuner/*`, a user model's own hyperparameters)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in values.items() if k in known}
-        config = cls(**kwargs)
-        for name in kwargs:
-            check_value(name, getattr(config, name))
-        return config
+        kwargs = {k: coerce(k, v) for k, v in values.items() if k in known}
+        for name, value in kwargs.items():
+            check_value(name, value)
+        return cls(**kwargs)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,22 +73,36 @@ class TrialConfig:
 
 NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialConfig))
 DEFAULTS: dict[str, Any] = TrialConfig().as_dict()
+_TYPES: dict[str, type] = {name: type(value) for name, value in DEFAULTS.items()}
 
 
-def _one_of(options: tuple[str, ...]) -> Callable[[Any], str | None]:
+def coerce(name: str, value: Any) -> Any:
+    """`value` as the type `name` takes, when that loses nothing (64.0 -> 64 for an integer,
+    3 -> 3.0 for a float); otherwise unchanged, for `check_value` to refuse."""
+    kind = _TYPES.get(name)
+    if isinstance(value, bool) or kind is None:
+        return value
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def _one_of(options: Mapping[str, Any]) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
-        if value in options:
+        if isinstance(value, str) and value in options:
             return None
         return f"must be one of {', '.join(options)}, got {value!r}.{did_you_mean(str(value), options)}"
 
     return check
 
 
-def _number(low: float, high: float, *, high_open: bool = False, integer: bool = False):
+def _number(low: float, high: float, *, high_open: bool = False, integer: bool = False) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"must be a number, got {value!r}"
-        if integer and int(value) != value:
+        if integer and not isinstance(value, int):
             return f"must be a whole number, got {value!r}"
         upper_ok = value < high if high_open else value <= high
         if not (low <= value and upper_ok):
@@ -92,28 +114,20 @@ def _number(low: float, high: float, *, high_open: bool = False, integer: bool =
 
 
 def _backbone(value: Any) -> str | None:
-    from search.models import BACKBONES  # models imports keras; only needed when checking
-
-    if value in BACKBONES:
+    if isinstance(value, str) and value in BACKBONES:
         return None
-    return (
-        f"{value!r} is not a known backbone.{did_you_mean(str(value), BACKBONES)} "
-        f"Known: {', '.join(BACKBONES)}"
-    )
-
-
-WEIGHT_NAMES = ("imagenet", "none", "noisy-student")
+    return f"{value!r} is not a known backbone.{did_you_mean(str(value), BACKBONES)} Known: {', '.join(BACKBONES)}"
 
 
 def _weights(value: Any) -> str | None:
     if not isinstance(value, str) or not value:
-        return f"must be 'imagenet', 'none' or a path to a weights file, got {value!r}"
-    if value in WEIGHT_NAMES:
+        return f"must be one of {', '.join(WEIGHTS)} or the path of a weights file, got {value!r}"
+    if value in WEIGHTS:
         return None
     if not Path(value).expanduser().is_file():
         return (
             f"the weights file '{value}' does not exist; give the path of a local weights file "
-            f"(e.g. resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5), or one of {', '.join(WEIGHT_NAMES)}"
+            f"(e.g. resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5), or one of {', '.join(WEIGHTS)}"
         )
     return None
 
@@ -137,7 +151,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "optimizer": _one_of(OPTIMIZERS),
     "learning_rate": _number(1e-9, 10.0),
     "schedule": _one_of(SCHEDULES),
-    "augmentation": _one_of(AUGMENTATIONS),
+    "augmentation": _one_of(POLICIES),
     "label_smoothing": _number(0.0, 1.0, high_open=True),
 }
 

@@ -7,10 +7,6 @@ written exactly as the report wrote it.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import argparse
 import csv
 import sys
@@ -20,34 +16,23 @@ from typing import Any
 
 import numpy as np
 
-from search.cli import Parser, fail
+from search.cli import Parser, entry, fail
 from search.errors import SearchError
 
 BATCH_SIZE = 64
 TFRECORD_SUFFIXES = (".tfrec", ".tfrecord")
 
 
-def champion_path(space_dir: Path) -> tuple[Path, str]:
-    """The model to predict with, and a note when it is not the promoted champion."""
-    champion, best = space_dir / "champion.keras", space_dir / "best.keras"
-    if champion.is_file():
-        return champion, ""
-    if best.is_file():
-        return best, (f"note: no {champion.name} in {space_dir} (promote one with `python -m search.ensemble "
-                      f"{space_dir.name}`); predicting with {best.name}, the best single trial.")
-    raise SearchError(f"{space_dir} has neither champion.keras nor best.keras: no trial has finished yet.")
-
-
 def _pixels(encoded: Any, size: int) -> Any:
     import tensorflow as tf
 
-    from search.data import decode_image
+    from search.data.dataset import decode_image
 
     return tf.cast(decode_image(encoded, size), tf.float32)
 
 
 def _find_inputs(path: Path) -> tuple[str, list[Path]]:
-    from search._files import IMAGE_SUFFIXES, image_files
+    from search.data.folders import IMAGE_SUFFIXES, image_files
 
     if not path.exists():
         raise SearchError(f"--images {path}: no such file or folder.")
@@ -78,8 +63,8 @@ def predict_images(model: Any, files: list[Path], root: Path, class_names: list[
     """Write file,label,probability for each readable image; returns the number of rows."""
     import tensorflow as tf
 
-    from search._files import check_images
-    from search.ensemble_model import input_size
+    from search.data.folders import check_images
+    from search.ensembles.model import input_size
 
     bad, _ = check_images(files, root, {})
     for file, reason in list(bad.items())[:5]:
@@ -110,17 +95,17 @@ def predict_submission(model: Any, files: list[Path], out: Path) -> int:
     """Write Kaggle's submission.csv (id,label) for test records carrying `id`; returns its rows."""
     import tensorflow as tf
 
-    from search import _tfrecord
-    from search.ensemble_model import input_size
+    from search.data import tfrecord
+    from search.ensembles.model import input_size
 
-    found = _tfrecord.scan(files, "test")
+    found = tfrecord.scan(files, "test")
     if found.labelled:
         raise SearchError(
             f"--images: the records in {files[0].parent} carry `class`, not `id`; a submission needs the "
             f"test records (image + id). Pass the test folder, e.g. tfrecords-jpeg-331x331/test."
         )
     size = input_size(model)
-    images = _tfrecord.images(found, lambda data: _pixels(data, size))
+    images = tfrecord.images(found, lambda data: _pixels(data, size))
     batches = images.batch(BATCH_SIZE).apply(tf.data.experimental.assert_cardinality(-(-found.count // BATCH_SIZE)))
     probabilities = model.predict(batches, verbose=0)
     predictions = np.argmax(probabilities, axis=-1)
@@ -152,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import keras
 
-        from search.saved import locate
+        from search.runs.layout import locate, served_model
 
         saved = locate(args.space, Path(args.runs_dir))
         if args.model:
@@ -160,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not model_path.is_file():
                 raise SearchError(f"--model {model_path}: no such file.")
         else:
-            model_path, note = champion_path(saved.space_dir)
+            model_path, note = served_model(saved.folder)
         if note:
             print(note, file=sys.stderr)
         kind, files = _find_inputs(Path(args.images))
@@ -177,4 +162,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry(main)

@@ -1,25 +1,22 @@
-"""python -m search.report SPACE: the leaderboard of a search, as a table, a CSV and a plot.
+"""python -m search.report SPACE: the leaderboard of a search, as a table, a CSV and plots.
 
-Reads the trial records in RUNS_DIR/<space>/ (written by `python -m search.run`), prints the
-leaderboard, writes `leaderboard.csv` (every trial, ranked) and `size_vs_accuracy.png` (the
-objective against parameters and saved MB, every trial), and attaches both to the search's
-MLflow run when tracking is on.
+Reads the trial records of RUNS_DIR/<space>/ (and, for an Optuna study shared by several
+machines, the other workers' trials from the tracking store), prints the leaderboard, writes
+`leaderboard.csv` (every trial, ranked), `size_vs_accuracy.png` (the objective against
+parameters and saved MB) and `importance.csv`/`.png` (which hyperparameters mattered), and
+attaches them to the search's MLflow run when tracking is on.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from search.cli import Parser, fail
+from search.cli import Parser, entry, fail
 from search.errors import SearchError
-from search.hooks import COMPLETED
-from search.results import leaderboard, load_records, trials_table
 
 EXAMPLES = """examples:
   python -m search.report spaces/digits.py            the demo's leaderboard
@@ -28,31 +25,19 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser("python -m search.report", __doc__.split("\n\n")[1], EXAMPLES)
+    p = Parser("python -m search.report", __doc__.split("\n\n")[1].replace("\n", " "), EXAMPLES)
     p.add_saved_search()
     p.add_argument("--top", type=int, default=10, metavar="N", help="leaderboard rows to print (default: 10)")
     p.add_argument("--no-mlflow", action="store_true", help="do not attach the report to the MLflow run")
     return p
 
 
-def space_dir_for(space: str, runs_dir: Path) -> Path:
-    """RUNS_DIR/<name> for a space file or a space name, checked to hold a search."""
-    name = Path(space).stem if space.endswith(".py") else space
-    space_dir = runs_dir / name
-    if not (space_dir / "trials").is_dir() or not any((space_dir / "trials").glob("*/result.json")):
-        raise SearchError(
-            f"no finished trials for space {name!r} in {space_dir}; run `python -m search.run "
-            f"{space if space.endswith('.py') else f'spaces/{name}.py'}"
-            f"{'' if runs_dir == Path('runs') else f' --runs-dir {runs_dir}'}` first, "
-            "or pass --runs-dir where it ran."
-        )
-    return space_dir
-
-
 def ranked(table: pd.DataFrame, objective: str) -> pd.DataFrame:
     """Every trial: completed ones best first with their gap to the best, then the rest."""
-    ascending = "loss" in objective
-    done = table[table["status"] == COMPLETED].sort_values(objective, ascending=ascending)
+    from search import metrics
+    from search.engine.hooks import COMPLETED
+
+    done = table[table["status"] == COMPLETED].sort_values(objective, ascending=metrics.direction(objective) == "min")
     rest = table[table["status"] != COMPLETED]
     done = done.assign(rank=range(1, len(done) + 1))
     if len(done):
@@ -63,45 +48,56 @@ def ranked(table: pd.DataFrame, objective: str) -> pd.DataFrame:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        runs_dir = Path(args.runs_dir)
-        space_dir = space_dir_for(args.space, runs_dir)
-        settings = json.loads((space_dir / "search.json").read_text()).get("settings", {}) \
-            if (space_dir / "search.json").exists() else {}
-        objective = settings.get("objective", "val_accuracy")
-        plain = trials_table(load_records(space_dir))
+        from search.results import importance, plots, study
+        from search.results.pareto import write_pareto
+        from search.results.records import leaderboard, trials_table
+        from search.runs import atomic
+        from search.runs.layout import locate
+
+        saved = locate(args.space, Path(args.runs_dir))
+        gathered = study.gather(saved)
+        if not gathered.records:
+            raise SearchError(f"no trial of {saved.name!r} has ended yet in {saved.folder.trials}; run or resume "
+                              "`python -m search.run` first.")
+        objective = saved.objective
+        plain = trials_table(gathered.records)
         table = ranked(plain, objective)
     except SearchError as e:
         return fail(e)
 
-    from search import plots
-
-    csv = space_dir / "leaderboard.csv"
-    table.to_csv(csv, index=False)
-    plot = plots.size_vs_accuracy(table, space_dir / "size_vs_accuracy.png", objective=objective,
-                                  title=f"{space_dir.name}: {objective} against model size, {len(table)} trials")
+    folder = saved.folder
+    atomic.write_with(folder.leaderboard, lambda tmp: table.to_csv(tmp, index=False))
+    plot = plots.size_vs_accuracy(table, folder.size_plot, objective=objective,
+                                  title=f"{saved.name}: {objective} against model size, {len(table)} trials")
     board = leaderboard(plain, objective, top=args.top)
     if not board.empty:
         board.insert(2, "vs_best", board[objective] - board[objective].iloc[0])
-    done = int((table["status"] == COMPLETED).sum())
+    done = int((table["status"] == "COMPLETED").sum())
     with pd.option_context("display.width", 200, "display.max_columns", 30):
-        print(f"Leaderboard of {space_dir.name!r}: {done} of {len(table)} trials completed, by {objective}")
+        print(f"Leaderboard of {saved.name!r}: {done} of {len(table)} trials completed, by {objective}")
         print(board.to_string(index=False) if not board.empty else "(no completed trials)")
     if done > 1:
         best, second = table.iloc[0], table.iloc[1]
         print(f"Best: trial {best['trial_id']} ({best.get('backbone', '?')}), {objective} {best[objective]:.4f}, "
               f"{abs(best[objective] - second[objective]):.4f} ahead of trial {second['trial_id']}")
-    print(f"Wrote {csv} and {plot}")
-    from search.pareto import write_pareto
-
-    front = write_pareto(space_dir)  # multi-objective searches only: pareto.csv, pareto.png
+    for note in gathered.notes:
+        print(f"note: {note}")
+    written = [folder.leaderboard, plot]
+    found = importance.write(gathered.records, folder, objective)
+    if found is not None:
+        print(f"\nWhich hyperparameters mattered ({found.method}, {found.trials} completed trials):")
+        print(found.table.to_string(index=False))
+        written += found.files
+    written += write_pareto(folder.path, gathered.records)
+    print(f"Wrote {', '.join(str(p) for p in written)}")
     if not args.no_mlflow:
-        try:
-            from search import tracking
-        except ImportError:
-            return 0
-        print(tracking.log_report(space_dir, [csv, plot, *front]))
+        from search.tracking.client import attach
+
+        print(attach(folder, written))
+        if found is not None:
+            importance.log_to_run(folder, found)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry(main)

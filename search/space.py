@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import sys
 import traceback
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import keras_tuner as kt
 from search import hparams
 from search.declare import Data, Search
 from search.errors import SearchError, SpaceError, did_you_mean
+from search.models.backbones import BACKBONES
 
 SMOKE_SEARCH = {"max_trials": 2, "epochs": 1, "steps_per_epoch": 3, "early_stopping": None}
 SMOKE_IMAGE_SIZE = 32
@@ -108,11 +110,11 @@ def load_space(
     for name, text in (sets or {}).items():
         value = parse_value(text)
         if name in hparams.NAMES:
-            fixed[name] = value
+            fixed[name] = hparams.coerce(name, value)
         elif name in _fields(Search):
-            search_changes[name] = value
+            search_changes[name] = _coerce_setting(Search, name, value)
         elif name in _fields(Data):
-            data_changes[name] = value
+            data_changes[name] = _coerce_setting(Data, name, value)
         else:
             every = [*hparams.NAMES, *_fields(Search), *_fields(Data)]
             raise SpaceError(
@@ -148,6 +150,16 @@ def load_space(
 
 def _fields(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
+
+
+def _coerce_setting(cls: type, name: str, value: Any) -> Any:
+    """A --set value for a Search/Data setting as the setting's type takes it (3.0 -> 3)."""
+    kinds = typing.get_args(typing.get_type_hints(cls)[name]) or (typing.get_type_hints(cls)[name],)
+    if int in kinds and float not in kinds and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def _import(path: Path) -> Any:
@@ -238,7 +250,7 @@ def _validate_hyperparameters(space: Space) -> None:
     for param in hp.space:
         try:
             for value in candidate_values(hp, param.name):
-                hparams.check_value(param.name, value)
+                hparams.check_value(param.name, hparams.coerce(param.name, value))
         except SpaceError as e:
             pinned = " (fixed by --set)" if param.name in space.fixed else ""
             raise SpaceError(f"{space.path}: {e}{pinned}") from None
@@ -246,8 +258,6 @@ def _validate_hyperparameters(space: Space) -> None:
 
 def _smoke_image_size(space: Space) -> int:
     """The smallest size every backbone the space can pick accepts."""
-    from search.models import BACKBONES
-
     hp = _declared(space)
     backbones = candidate_values(hp, "backbone") or [hparams.DEFAULTS["backbone"]]
     sizes = [BACKBONES[b].min_size for b in backbones if b in BACKBONES]

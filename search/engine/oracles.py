@@ -1,0 +1,50 @@
+"""The oracle that hands out a search's trials: Keras Tuner's for its algorithms, ours for Optuna's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras_tuner as kt
+
+from search import metrics
+from search.declare import Search
+from search.engine.algorithms import ALGORITHMS, uses_optuna
+
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+def objective(search: Search) -> kt.Objective:
+    return kt.Objective(search.objective, metrics.direction(search.objective))
+
+
+def keras_tuner_seed(seed: int) -> int:
+    """`seed` as Keras Tuner can take it. Its oracles run `self.seed = seed or
+    random.randint(1, 10000)`, so seed 0, our default, would try a different sequence of
+    values in every run. Seeds are 0 to MAX_SEED (Search checks), so seed + 1 is distinct
+    and non-zero."""
+    return seed + 1
+
+
+def make_oracle(search: Search, seed: int) -> kt.Oracle:
+    """The oracle for `search.algorithm`."""
+    common: dict[str, Any] = {
+        "objective": objective(search),
+        "max_retries_per_trial": 0,
+        "max_consecutive_failed_trials": MAX_CONSECUTIVE_FAILURES,
+    }
+    if uses_optuna(search.algorithm):
+        from search.engine import optuna_oracle  # Optuna loads only for its algorithms
+
+        return optuna_oracle.OptunaOracle(search, seed, **common)  # Optuna's samplers take seed 0 as it is
+    common["seed"] = keras_tuner_seed(seed)
+    options = dict(search.options)
+    classes = {
+        "random": kt.oracles.RandomSearchOracle,
+        "grid": kt.oracles.GridSearchOracle,
+        "bayesian": kt.oracles.BayesianOptimizationOracle,
+    }
+    if search.algorithm == "hyperband":
+        options.setdefault("factor", 3)
+        return kt.oracles.HyperbandOracle(max_epochs=search.epochs, **common, **options)
+    assert search.algorithm in ALGORITHMS  # Search checked it
+    return classes[search.algorithm](max_trials=search.max_trials, **common, **options)

@@ -1,0 +1,302 @@
+"""Promotion: from a search's finished trials to its champion, saved, checked and registered.
+
+From the finished trials' saved val probabilities, with no model predicting again, it
+compares the best single trial, the report's top-k average and greedy ensemble selection,
+all scored by the search's objective. The better ensemble is promoted only when it beats the
+best single trial on val; otherwise the best single trial is. The champion is saved as
+runs/<space>/champion.keras, the comparison as ensemble.json, and the model is logged and
+registered in MLflow (`search.tracking.registry`).
+
+Promotions of one folder take turns under its promotion lock; the workers of a shared study
+promote once for the whole study (`after_search`), and a promotion that would give the same
+champion from the same trials leaves the champion and the registry as they are.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.data.dataset import ImageData
+from search.engine.strategy import detect
+from search.ensembles.model import build_ensemble_model, input_size, predict_split
+from search.ensembles.refit import refit_epochs, refit_member
+from search.ensembles.selection import Selection, best_single, followed, greedy_selection, scores, top_k_average, \
+    weighted_average
+from search.errors import SearchError
+from search.metrics import accuracy, log_loss
+from search.models import build
+from search.results import study
+from search.runs import atomic, faults
+from search.runs.layout import SavedSearch, locate
+from search.runs.locks import FolderLock
+
+# At an equal objective, a log-loss gain below this is noise, not worth k times the inference.
+MIN_LOSS_GAIN = 0.01
+LABELS = {"best_single": "best single", "top_k": "top-k average", "greedy": "greedy selection"}
+METHODS = ("auto", *LABELS)
+# How long a promotion waits for another one of the same folder to finish.
+LOCK_WAIT = 1800
+
+
+def beats(ensemble: Selection, single: Selection) -> bool:
+    """Worth serving several models instead of one: a better objective, or the same and a val
+    log-loss at least MIN_LOSS_GAIN (relative) lower."""
+    if ensemble.objective_value != single.objective_value:
+        return ensemble.score[0] > single.score[0]
+    return ensemble.val_log_loss < single.val_log_loss * (1.0 - MIN_LOSS_GAIN)
+
+
+def _row(selection: Selection, test: dict[str, float] | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {"method": selection.method, "members": list(selection.members),
+                           "weights": list(selection.weights), **{k: float(v) for k, v in selection.values.items()},
+                           "val_log_loss": selection.val_log_loss}
+    return {**row, **(test or {})}
+
+
+def _test_scores(candidates: list[Selection], paths: dict[str, Path], data: ImageData,
+                 cache: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    labels = data.labels("test")
+    found = {}
+    for selection in candidates:
+        for member in selection.members:
+            if member not in cache:
+                cache[member] = predict_split(paths[member], data, "test")
+        average = weighted_average(cache, selection.members, selection.weights)
+        found[selection.method] = {"test_accuracy": accuracy(average, labels), "test_log_loss": log_loss(average, labels)}
+    return found
+
+
+def _same_as_before(saved: SavedSearch, promoted: Selection, trials: list[str], refit: bool) -> dict[str, Any] | None:
+    """The previous ensemble.json when it promoted the same members and weights from the same trials."""
+    try:
+        previous = json.loads(saved.folder.ensemble_record.read_text())
+    except (OSError, ValueError):
+        return None
+    row = previous.get("promoted", {})
+    same = (not refit and not previous.get("refit") and previous.get("trials") == trials
+            and row.get("members") == list(promoted.members) and row.get("weights") == list(promoted.weights)
+            and saved.folder.champion.is_file())
+    return previous if same else None
+
+
+def promote(saved: SavedSearch, *, top_k: int = 2, rounds: int = 50, refit: bool = False, track: bool = True,
+            method: str = "auto", verbose: int = 0) -> dict[str, Any]:
+    """Choose, save and log the promoted model of a finished search; returns ensemble.json's content.
+
+    `method` "auto" promotes the better ensemble only when it beats the best single trial;
+    "best_single", "top_k" or "greedy" promote that candidate whatever the scores.
+    """
+    if method not in METHODS:
+        raise SearchError(f"--method must be one of {', '.join(METHODS)}; got {method!r}.")
+    if top_k < 1 or rounds < 1:
+        raise SearchError(f"--top-k and --rounds must be >= 1, got {top_k} and {rounds}.")
+    with FolderLock(saved.folder.promotion_lock, doing="promoting the champion", wait=LOCK_WAIT):
+        return _promote(saved, top_k=top_k, rounds=rounds, refit=refit, track=track, method=method, verbose=verbose)
+
+
+def _promote(saved: SavedSearch, *, top_k: int, rounds: int, refit: bool, track: bool, method: str,
+             verbose: int) -> dict[str, Any]:
+    folder = saved.folder
+    gathered = study.gather(saved)
+    notes = list(gathered.notes)
+    if not gathered.trials:
+        raise SearchError(
+            f"no finished trials with a saved model in {folder.trials}; run or resume the search "
+            f"first (python -m search.run ...).{' ' + notes[0] + '.' if notes else ''}"
+        )
+    labels = gathered.labels
+    probabilities = {trial_id: np.load(t.probabilities) for trial_id, t in gathered.trials.items()}
+    objective = followed(saved.objective)
+
+    single = best_single(probabilities, labels, objective=objective)
+    candidates = [single, top_k_average(probabilities, labels, top_k, objective=objective),
+                  greedy_selection(probabilities, labels, rounds=rounds, objective=objective)]
+    best_ensemble = max(candidates[1:], key=lambda s: s.score)  # top-k first on ties: the report's method
+    if method != "auto":
+        promoted = next(c for c in candidates if c.method == method)
+        reason = f"chosen with --method {method}"
+    elif best_ensemble.size > 1 and beats(best_ensemble, single):
+        promoted = best_ensemble
+        reason = (f"it beats the best single trial {single.members[0]} on val: {objective} "
+                  f"{promoted.objective_value:.4f} vs {single.objective_value:.4f}, log-loss "
+                  f"{promoted.val_log_loss:.4f} vs {single.val_log_loss:.4f}")
+    else:
+        promoted = single
+        reason = (f"no ensemble beats it on val: the best, {LABELS[best_ensemble.method]}, has {objective} "
+                  f"{best_ensemble.objective_value:.4f} vs {single.objective_value:.4f}, log-loss "
+                  f"{best_ensemble.val_log_loss:.4f} vs {single.val_log_loss:.4f}"
+                  if len(probabilities) > 1 else "only one trial has finished")
+    trial_ids = sorted(probabilities)
+    previous = _same_as_before(saved, promoted, trial_ids, refit)
+    if previous is not None:
+        print(f"The champion is unchanged: {LABELS[promoted.method]} of {' + '.join(promoted.members)} from the same "
+              f"{len(trial_ids)} trials, as promoted at {previous.get('created')} ({folder.champion}).")
+        _print(previous)
+        return previous
+    notes.append("members are chosen and scored on the same val set, which flatters the chosen ones; "
+                 "test scores, where there is a labelled test split, do not share that bias")
+
+    paths = {t: gathered.trials[t].model for t in probabilities}
+    data = None
+    try:
+        data = saved.open_data()
+    except SearchError as e:
+        if refit:
+            raise SearchError(f"--refit needs the search's data, which cannot be opened: {e}") from None
+        notes.append(f"the search's data cannot be opened ({e}); no test scores and no check of the saved model")
+    test = {}
+    if data is not None and data.has_split("test") and saved.record.get("data", {}).get("labelled", {}).get("test"):
+        test = _test_scores(candidates, paths, data, {})
+
+    member_paths = [paths[m] for m in promoted.members]
+    if refit:
+        assert data is not None
+        member_paths = _refit(saved, promoted, gathered, data, verbose=verbose)
+        notes.append("refit: the promoted members were retrained on train+val, so no val score of the saved "
+                     "model is honest; its val figures are those of the original members")
+
+    faults.point("promotion")
+    model = _save_champion(promoted, member_paths, folder.champion)
+    check = _check_model(model, promoted, probabilities, data, labels) if data is not None and not refit else {}
+    promoted_row = {**_row(promoted, test.get(promoted.method)), "model": str(folder.champion), "refit": refit, **check}
+    if refit and test and data is not None:
+        refit_members = Selection("refit", promoted.members, promoted.weights, promoted.values, objective)
+        promoted_row.update(_test_scores([refit_members], dict(zip(promoted.members, member_paths)), data, {})["refit"])
+    summary: dict[str, Any] = {
+        "space": saved.name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "finished_trials": len(probabilities),
+        "trials": trial_ids,
+        "val_images": int(len(labels)),
+        "metric": f"val {objective.removeprefix('val_')}, val log-loss breaking ties",
+        "objective": objective,
+        "top_k": top_k, "rounds": rounds, "refit": refit,
+        "candidates": {s.method: _row(s, test.get(s.method)) for s in candidates},
+        "promoted": promoted_row,
+        "reason": reason,
+        "notes": notes,
+    }
+    if track:
+        summary["mlflow"] = _track(saved, model, summary, promoted)
+    atomic.write_json(folder.ensemble_record, summary)
+    _print(summary)
+    return summary
+
+
+def _refit(saved: SavedSearch, promoted: Selection, gathered: study.Gathered, data: ImageData, *,
+           verbose: int) -> list[Path]:
+    strategy = detect()
+    paths = []
+    for number, member in enumerate(promoted.members, 1):
+        record = gathered.trials[member].record
+        epochs = refit_epochs(record, saved.objective)
+        print(f"refit {number}/{promoted.size}: trial {member} on train+val for {epochs} epoch(s) "
+              f"({strategy.num_replicas_in_sync} replica(s))", flush=True)
+        paths.append(refit_member(
+            record, data, strategy, saved.folder.ensemble / "refit" / f"{member}.keras", epochs=epochs,
+            steps_per_epoch=saved.settings.get("steps_per_epoch"), seed=saved.seed + number, verbose=verbose,
+        ))
+    return paths
+
+
+def _save_champion(promoted: Selection, member_paths: list[Path], champion: Path) -> Any:
+    import keras
+
+    if promoted.size == 1:  # the trial's own file, byte for byte
+        atomic.copy_file(member_paths[0], champion)
+    else:
+        build.save_for_serving(build_ensemble_model(member_paths, promoted.weights, names=promoted.members), champion)
+    return keras.models.load_model(champion, compile=False)
+
+
+def _check_model(model: Any, promoted: Selection, probabilities: dict[str, np.ndarray], data: ImageData,
+                 labels: np.ndarray) -> dict[str, Any]:
+    """Predict val with the reloaded champion: its own accuracy, and how far it is from the selection."""
+    if not np.array_equal(data.labels("val"), labels):
+        return {"model_check": "skipped: the reopened data's val split differs from the search's"}
+    predicted = predict_split(model, data, "val")
+    expected = weighted_average(probabilities, promoted.members, promoted.weights)
+    return {
+        "image_size": input_size(model),
+        "model_val_accuracy": accuracy(predicted, labels),
+        "model_val_scores": scores(predicted, labels),
+        "model_max_abs_diff": float(np.max(np.abs(predicted - expected))),
+    }
+
+
+def _track(saved: SavedSearch, model: Any, summary: dict[str, Any], promoted: Selection) -> str:
+    from search.tracking import registry
+
+    metrics = {k: v for k, v in summary["promoted"].items() if isinstance(v, float) and k != "refit"}
+    try:
+        return registry.log_promotion(space=saved.name, runs_dir=saved.runs_dir, model=model, summary=summary,
+                                      metrics=metrics, score=promoted.score)
+    except Exception as e:  # noqa: BLE001 - tracking must never fail a promotion
+        from search.redaction import redact
+
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return (f"warning: MLflow logging failed ({type(e).__name__}: {redact(first)}); the champion is saved on "
+                "disk regardless.")
+
+
+def _members(row: dict[str, Any]) -> str:
+    return " + ".join(m if w == 1 else f"{m} x{w}" for m, w in zip(row["members"], row["weights"]))
+
+
+def _print(summary: dict[str, Any]) -> None:
+    rows = summary["candidates"]
+    objective = summary.get("objective", "val_accuracy")
+    shown = [m for m in ("val_accuracy", "val_f1", "val_top5_accuracy", "val_loss") if m in next(iter(rows.values()))]
+    with_test = any("test_accuracy" in r for r in rows.values())
+    print(f"\nEnsembles of {summary['finished_trials']} finished trials, scored on {summary['val_images']} val images"
+          + (" and the labelled test split" if with_test else "") + f", by {objective}:")
+    header = "".join(f" {m.removeprefix('val_'):>10}" for m in shown)
+    print(f"  {'candidate':<18}{header}" + (f" {'test acc':>9}" if with_test else "") + "  members")
+    for method, r in rows.items():
+        values = "".join(f" {r[m]:>10.4f}" for m in shown)
+        test = f" {r['test_accuracy']:>9.4f}" if "test_accuracy" in r else (" " * 10 if with_test else "")
+        print(f"  {LABELS[method]:<18}{values}{test}  {_members(r)}")
+    promoted = summary["promoted"]
+    print(f"Promoted: {LABELS[promoted['method']]} ({_members(promoted)}); {summary['reason']}.")
+    if "model_max_abs_diff" in promoted:
+        print(f"  saved model reloaded: val accuracy {promoted['model_val_accuracy']:.4f}, "
+              f"max |difference| from the members' weighted average {promoted['model_max_abs_diff']:.2g}")
+    if summary["refit"]:
+        refit_test = f"; test accuracy after refit {promoted['test_accuracy']:.4f}" if "test_accuracy" in promoted else ""
+        print(f"  refit on train+val: its val score cannot be measured honestly{refit_test}")
+    print(f"Champion: {promoted['model']}  (details: {Path(promoted['model']).parent / 'ensemble.json'})")
+    if summary.get("mlflow"):
+        print(summary["mlflow"], file=sys.stderr if summary["mlflow"].startswith("warning:") else sys.stdout)
+
+
+def after_search(outcome: Any, space: Any, runs_dir: Path, *, track: bool = True) -> None:
+    """Run by `search.run` when its search completes: promote when >= 2 trials finished
+    (registered in MLflow unless `track` is False). The workers of a shared Optuna study
+    promote once for the whole study: the first to claim it does, the others say who."""
+    try:
+        saved = locate(str(space.path), runs_dir)
+        key = f"{outcome.study}:promote" if outcome.storage else None
+        claims = None
+        if key:
+            from search.engine.claims import Claims
+
+            claims = Claims(outcome.storage)
+            won, holder = claims.claim(key)
+            if not won:
+                worker = holder.get("worker", {})
+                state = "promoted" if holder.get("done") else "is promoting"
+                print(f"Study {outcome.study!r}: worker {worker.get('host', '?')}:{worker.get('pid', '?')} {state} "
+                      f"its champion (python -m search.ensemble {space.path} promotes again on demand).")
+                return
+        if len(study.gather(saved).trials) >= 2:
+            promote(saved, track=track)
+        if claims is not None and key is not None:
+            claims.finish(key)
+    except SearchError as e:
+        print(f"warning: no ensemble promoted: {e}", file=sys.stderr)

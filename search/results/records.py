@@ -1,0 +1,128 @@
+"""A search's results on disk: one `result.json` per trial, `trials.csv` over all of them.
+
+Each trial's record is written (atomically) the moment it ends, so a search killed at any
+point keeps every finished trial; `trials.csv` is rebuilt from those records, never
+appended to. A record that cannot be read (damaged by hand, a disk that lost it) is named
+once and left out; it never stops a search or a report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from search import metrics
+from search.engine.hooks import COMPLETED, TrialInfo, TrialResult
+from search.runs import atomic
+from search.runs.layout import SpaceDir, TrialDir
+from search.runs.locks import FolderLock
+
+log = logging.getLogger("search")
+
+# The metrics trials.csv and the leaderboard show, best-epoch values.
+COLUMNS = tuple(metrics.METRICS)
+FINISHED = (COMPLETED, "PRUNED")  # a trial that trained and was scored
+_warned: set[Path] = set()
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def trial_record(trial: TrialInfo, result: TrialResult) -> dict[str, Any]:
+    return {
+        "trial_id": trial.trial_id,
+        "number": trial.number,
+        "status": result.status,
+        "values": trial.values,
+        "config": trial.config.as_dict(),
+        "best": {k: _clean(v) for k, v in result.best.items()},
+        "epochs_run": result.epochs_run,
+        "seconds": round(result.seconds, 2),
+        "seconds_per_epoch": result.seconds_per_epoch,
+        "images_per_second": result.images_per_second,
+        "params": result.params,
+        "size_mb": result.size_mb,
+        "model_path": str(result.model_path) if result.model_path else None,
+        "val_probabilities_path": str(result.val_probabilities_path) if result.val_probabilities_path else None,
+        "error": result.error,
+        "history": {k: [_clean(x) for x in v] for k, v in result.history.items()},
+    }
+
+
+def write_record(trial: TrialInfo, result: TrialResult) -> Path:
+    return atomic.write_json(TrialDir(trial.dir).record, trial_record(trial, result))
+
+
+def read_record(trial: TrialDir) -> dict[str, Any] | None:
+    """A trial's record; None when there is none or it cannot be read (said once per file)."""
+    path = trial.record
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or "status" not in record or "trial_id" not in record:
+            raise ValueError("not a trial record")
+    except (OSError, ValueError) as e:
+        if path not in _warned:
+            _warned.add(path)
+            log.warning("%s cannot be read (%s); that trial is left out. Delete the file to run the trial again.",
+                        path, type(e).__name__)
+        return None
+    return record
+
+
+def load_records(space_dir: Path | SpaceDir) -> list[dict[str, Any]]:
+    """Every readable trial record, in trial order."""
+    folder = space_dir if isinstance(space_dir, SpaceDir) else SpaceDir(Path(space_dir))
+    return [r for r in (read_record(t) for t in folder.trial_dirs()) if r is not None]
+
+
+def trials_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per trial: id, status, every hyperparameter, best metrics, cost and size."""
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {"trial_id": r["trial_id"], "status": r["status"]}
+        row.update(r.get("config", {}))
+        best = r.get("best") or {}
+        row.update({m: best.get(m) for m in COLUMNS})
+        row.update({
+            "epochs_run": r.get("epochs_run"),
+            "seconds": r.get("seconds"),
+            "params": r.get("params"),
+            "size_mb": r.get("size_mb"),
+            "error": r.get("error"),
+        })
+        if "worker" in r:
+            row["worker"] = r["worker"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_trials_csv(space_dir: Path | SpaceDir, records: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """Rebuild trials.csv from the records, under the folder's table lock (workers share it)."""
+    folder = space_dir if isinstance(space_dir, SpaceDir) else SpaceDir(Path(space_dir))
+    with FolderLock(folder.table_lock, doing="rewriting trials.csv", wait=120):
+        table = trials_table(load_records(folder) if records is None else records)
+        atomic.write_with(folder.trials_csv, lambda tmp: table.to_csv(tmp, index=False))
+    return table
+
+
+def leaderboard(table: pd.DataFrame, objective: str, *, top: int = 5) -> pd.DataFrame:
+    """The best completed trials by the objective, with the columns worth reading."""
+    if table.empty or objective not in table:
+        return table
+    done = table[table["status"] == COMPLETED]
+    best = done.sort_values(objective, ascending=metrics.direction(objective) == "min").head(top)
+    shown = [m for m in ("val_accuracy", "val_f1", "val_loss") if m != objective and table[m].notna().any()]
+    fixed = ("trial_id", "status", "error", "worker", "epochs_run", "seconds", "params", "size_mb", *COLUMNS)
+    varying = [c for c in table.columns if c not in fixed and table[c].nunique(dropna=False) > 1]
+    columns = ["trial_id", objective, *shown, *varying, "epochs_run", "seconds", "params", "size_mb"]
+    return best[[c for c in columns if c in best]]

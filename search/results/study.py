@@ -1,0 +1,161 @@
+"""The finished trials of a whole search, wherever they ran.
+
+A search on one machine has all its trials in its runs folder. The workers of a shared
+Optuna study on several machines each keep only their own there; every finished trial also
+sent its record, val probabilities, model and val labels to the tracking store (the
+`trial/` artifacts of its MLflow run, tagged with the study). `gather` takes the local
+trials and fetches the others once into runs/<space>/study/<id>/, so that the ensemble,
+the report and the Pareto front of any worker see the whole study. Without a tracking
+store, or when it cannot be reached, it says so in a note and uses the local trials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.results.records import FINISHED, load_records, read_record
+from search.runs.layout import SavedSearch, TrialDir
+
+LOCAL, FETCHED = "local", "tracking store"
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    record: dict[str, Any]
+    model: Path
+    probabilities: Path
+    source: str = LOCAL
+
+
+@dataclasses.dataclass
+class Gathered:
+    trials: dict[str, Trial]  # trial id -> its files, finished trials with a model only
+    labels: np.ndarray
+    records: list[dict[str, Any]]  # every record (finished or not), local and fetched
+    notes: list[str]
+
+    @property
+    def fetched(self) -> int:
+        return sum(1 for t in self.trials.values() if t.source == FETCHED)
+
+
+def _digest(labels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(labels.astype(np.int64)).tobytes()).hexdigest()[:16]
+
+
+def _load_labels(path: Path) -> np.ndarray | None:
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def _fetch(saved: SavedSearch, known: set[str], notes: list[str]) -> list[TrialDir]:
+    """Trial folders under runs/<space>/study/ for the study's finished trials run elsewhere."""
+    study_name = saved.record.get("study")
+    if not study_name:
+        return []
+    from search.tracking import client as clients
+    from search.tracking.config import load_config, tracking_uri
+
+    config = load_config()
+    if not config.enabled:
+        return []
+    uri = tracking_uri(config, saved.runs_dir, saved.name)
+    try:
+        client = clients.connect(uri)
+        found = client.get_experiment_by_name(config.experiment.format(space=saved.name))
+        if found is None:
+            return []
+        runs = client.search_runs(
+            [found.experiment_id], max_results=5000,
+            filter_string=f"tags.study = '{study_name}' and tags.status = 'COMPLETED' and attributes.status = 'FINISHED'")
+    except Exception as e:  # noqa: BLE001 - the local trials are still there
+        from search.redaction import redact
+
+        notes.append(f"the study's other trials could not be listed from the tracking store ({redact(str(e))[:200]}); "
+                     "using this folder's trials only")
+        return []
+    fetched = []
+    for run in runs:
+        trial_id = run.data.tags.get("trial_id")
+        if not trial_id or trial_id in known:
+            continue
+        target = saved.folder.study_cache / trial_id
+        if not (target / "result.json").is_file():
+            try:
+                tmp = target.with_name(f".{trial_id}.fetching")
+                tmp.mkdir(parents=True, exist_ok=True)
+                client.download_artifacts(run.info.run_id, "trial", str(tmp))
+                (tmp / "trial").rename(target) if (tmp / "trial").is_dir() else None
+            except Exception as e:  # noqa: BLE001 - one trial missing is a note, not a failure
+                notes.append(f"trial {trial_id} of the study could not be fetched ({type(e).__name__}); left out")
+                continue
+        known.add(trial_id)
+        fetched.append(TrialDir(target))
+    return fetched
+
+
+def gather(saved: SavedSearch, *, fetch: bool = True) -> Gathered:
+    """Every finished trial of the search with its model and val probabilities on disk."""
+    folder = saved.folder
+    notes: list[str] = []
+    records = load_records(folder)
+    local = {r["trial_id"] for r in records}
+    fetched_dirs = _fetch(saved, set(local), notes) if fetch else []
+    labels = _load_labels(folder.val_labels)
+    for directory in fetched_dirs:
+        if labels is None:
+            labels = _load_labels(directory.path / "val_labels.npy")
+    trials: dict[str, Trial] = {}
+    everything = list(records)
+    sources = [(folder.trial(r["trial_id"]), r, LOCAL) for r in records]
+    for directory in fetched_dirs:
+        record = read_record(directory)
+        if record is not None:
+            everything.append(record)
+            sources.append((directory, record, FETCHED))
+    if labels is None:
+        if any(r["status"] in FINISHED for r in everything):
+            notes.append(f"{folder.val_labels} is missing or damaged; run `python -m search.run` again to rewrite it")
+        return Gathered({}, np.zeros(0, np.int32), everything, notes)
+    digest = _digest(labels)
+    for directory, record, source in sources:
+        if record["status"] != "COMPLETED":
+            continue
+        trial_id = record["trial_id"]
+        if not directory.val_probabilities.is_file():
+            notes.append(f"trial {trial_id} has no val_probabilities.npy; left out")
+            continue
+        if not directory.model.is_file():
+            notes.append(f"trial {trial_id} kept no model.keras (Search(keep_models='best')); left out")
+            continue
+        if source == FETCHED:
+            theirs = _load_labels(directory.path / "val_labels.npy")
+            if theirs is None or _digest(theirs) != digest:
+                notes.append(f"trial {trial_id} of the study was validated on other val images; left out")
+                continue
+        try:
+            rows = np.load(directory.val_probabilities, mmap_mode="r").shape[0]
+        except (OSError, ValueError, EOFError):
+            notes.append(f"trial {trial_id}'s val_probabilities.npy cannot be read; left out")
+            continue
+        if rows != len(labels):
+            notes.append(f"trial {trial_id}: {rows} val predictions for {len(labels)} val labels; left out")
+            continue
+        trials[trial_id] = Trial(record, directory.model, directory.val_probabilities, source)
+    fetched = sum(1 for t in trials.values() if t.source == FETCHED)
+    if fetched:
+        notes.append(f"{fetched} of the {len(trials)} trials ran on other workers of study "
+                     f"{saved.record.get('study')!r} and were fetched from the tracking store")
+    return Gathered(trials, labels, everything, notes)
+
+
+def records_of(saved: SavedSearch) -> list[dict[str, Any]]:
+    """Every trial record of the search: this folder's and the shared study's other workers'."""
+    return gather(saved).records

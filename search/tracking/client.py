@@ -1,0 +1,186 @@
+"""Talking to an MLflow store safely: reachable, created once, retried, never failing a search.
+
+Shared by the search's tracker, the promotion's registry and the commands that attach
+files to a search's run. MLflow retries an unreachable HTTP server with backoff for minutes
+and a fresh SQLite store runs its schema migrations on first use, racing any other process
+that starts at the same instant ("duplicate column name"); `connect` checks the server
+first, with a short timeout, and migrates a SQLite store under a file lock. `Retrying`
+repeats a call that failed for a moment (a locked SQLite file, a dropped connection).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.redaction import redact
+from search.runs.layout import SpaceDir
+from search.runs.locks import FolderLock
+from search.tracking.config import load_config, unreachable, version
+
+# The words of errors that pass: a retry a moment later succeeds.
+_TRANSIENT = ("database is locked", "database table is locked", "connection", "timed out", "temporarily",
+              "deadlock", "could not serialize", "503", "502", "504")
+RETRIES = 5
+
+
+class Unavailable(Exception):
+    """The tracking store cannot be reached or opened; the message says why."""
+
+
+def _transient(error: BaseException) -> bool:
+    text = f"{type(error).__name__} {error}".lower()
+    return any(word in text for word in _TRANSIENT)
+
+
+class Retrying:
+    """An MlflowClient whose calls are repeated, with backoff, when they fail for a moment."""
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for attempt in range(RETRIES + 1):
+                try:
+                    return method(*args, **kwargs)
+                except Exception as e:  # noqa: BLE001 - sorted below
+                    if attempt == RETRIES or not _transient(e):
+                        raise
+                    time.sleep(0.2 * 2**attempt + random.uniform(0, 0.3))
+            raise AssertionError("unreachable")
+
+        return call
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def quiet() -> None:
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # An unreachable server must cost seconds, not minutes of retries with backoff.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def connect(uri: str) -> Retrying:
+    """A client of the store at `uri`, created (and migrated) once whoever else starts now."""
+    why = unreachable(uri)
+    if why:
+        raise Unavailable(f"cannot reach the tracking server {redact(uri)}: {why}")
+    import mlflow
+
+    quiet()  # after the import: mlflow sets its own loggers' levels when it loads
+
+    database = sqlite_path(uri)
+    try:
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
+            with FolderLock(database.with_name(f"{database.name}.lock"), doing="creating the MLflow store", wait=300):
+                client = mlflow.MlflowClient(uri)
+                client.search_experiments(max_results=1)  # runs the migrations of a new file, under the lock
+        else:
+            client = mlflow.MlflowClient(uri)
+    except Unavailable:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the store says, in one line
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise Unavailable(f"cannot open the tracking store {redact(uri)}: {type(e).__name__}: {redact(first)}") from None
+    return Retrying(client)
+
+
+def artifact_location(uri: str, configured: str | None) -> str | None:
+    """Where a new experiment keeps its artifacts: as configured, or mlartifacts/ beside a SQLite file."""
+    database = sqlite_path(uri)
+    if configured is None and database is not None:
+        return (database.parent / "mlartifacts").resolve().as_uri()
+    if configured and "://" not in configured:
+        return Path(configured).resolve().as_uri()
+    return configured
+
+
+def experiment_id(client: Any, name: str, uri: str, configured_location: str | None) -> str:
+    """The experiment called `name`, created when missing; safe when several processes create it at once."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client.create_experiment(name, artifact_location=artifact_location(uri, configured_location)))
+    except Exception:  # noqa: BLE001 - another process created it first (RESOURCE_ALREADY_EXISTS)
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def signature(model: Any) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.input_shape[1:]))]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *model.output_shape[1:]))]))
+
+
+def log_keras_model(run_id: str, model: Any, *, registered_name: str | None = None) -> Any:
+    """Log a Keras model (or a .keras file) as an MLflow model of `run_id`; returns its ModelInfo."""
+    import keras
+    import mlflow.keras
+    from mlflow.models import Model
+
+    if not isinstance(model, keras.Model):
+        model = keras.saving.load_model(model, compile=False)
+    return Model.log(
+        artifact_path=None, name="model", flavor=mlflow.keras, model=model, run_id=run_id,
+        signature=signature(model), registered_model_name=registered_name, await_registration_for=60,
+        # Explicit requirements: inferring them loads the model again in a subprocess.
+        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={version('tensorflow')}"],
+    )
+
+
+def search_run(folder: SpaceDir) -> tuple[str, str] | None:
+    """(tracking URI, run id) of the search's parent run, from mlflow.json; the URI's secrets,
+    left out of the file, come back from MLFLOW_TRACKING_URI or mlflow.yaml."""
+    try:
+        record = json.loads(folder.mlflow_record.read_text())
+    except (OSError, ValueError):
+        return None
+    from search.tracking.config import tracking_uri
+
+    uri = tracking_uri(load_config(), folder.path.parent, folder.name)
+    recorded = record.get("tracking_uri", "")
+    if redact(uri) != recorded:
+        uri = recorded  # configured differently since; only a secret-free URI can be used as recorded
+    return uri, str(record["run_id"])
+
+
+def attach(folder: SpaceDir, paths: list[Path], artifact_path: str = "report") -> str:
+    """Attach files (a report's, feature maps, ...) to the search's parent run under
+    `artifact_path`; say what happened in one line."""
+    config = load_config()
+    found = search_run(folder)
+    if not config.enabled or found is None:
+        return "MLflow: tracking is off for this search; the files stay on disk."
+    uri, run_id = found
+    try:
+        client = connect(uri)
+        for path in paths:
+            client.log_artifact(run_id, str(path), artifact_path)
+    except Unavailable as e:
+        return f"warning: MLflow tracking is unavailable ({e}); the files stay on disk."
+    except Exception as e:  # noqa: BLE001 - the files on disk are what matters
+        return f"warning: could not log to MLflow run {run_id} at {redact(uri)}: {redact(str(e))[:300]}"
+    return f"MLflow: {artifact_path.split('/')[0]} logged to run {run_id} (artifacts/{artifact_path}) at {redact(uri)}"

@@ -1,0 +1,140 @@
+"""The registry side of tracking: the promoted model as its own MLflow run, registered, with
+the `champion` alias on the best version.
+
+Reads the same configuration as the search's tracking (mlflow.yaml, MLFLOW_TRACKING_URI
+overriding `tracking_uri`) and logs to the same experiment and registered model. Callers
+treat any exception from here as a warning: an unreachable server never fails a promotion.
+
+MLflow has no compare-and-set for aliases, and promotions on several machines may move one
+at the same time. So the alias is moved to the best-scoring version among all versions
+registered for the same objective (not merely to the newest), then read back after a pause;
+if another promoter moved it meanwhile, the comparison is made again. Every promoter thus
+converges on the same best version, and a worse one never keeps the alias for long.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from search.redaction import redact
+from search.runs.layout import RunsDir
+from search.tracking import client as clients
+from search.tracking.config import load_config, tracking_uri
+
+CHAMPION = "champion"
+SETTLE_SECONDS = 1.0
+ROUNDS = 5
+
+Score = tuple[float, float]
+
+
+def version_score(client: Any, version: Any, objective: str) -> Score | None:
+    """A registered version's score for `objective`: its tags, else its trial run's metrics."""
+    tags = dict(version.tags or {})
+    if "score" in tags and tags.get("objective", "val_accuracy") == objective:
+        first, second = json.loads(tags["score"])
+        return float(first), float(second)
+    if objective == "val_accuracy" and "val_accuracy" in tags and "score" not in tags:
+        return float(tags["val_accuracy"]), -float(tags.get("val_log_loss", "inf"))
+    # A best trial registered by hand from a trial run: its best-epoch metrics.
+    run_metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+    if f"best_{objective}" not in run_metrics:
+        return None
+    value = float(run_metrics[f"best_{objective}"])
+    loss = float(run_metrics.get("best_val_loss", float("inf")))
+    return (-value, run_metrics.get("best_val_accuracy", 0.0)) if objective == "val_loss" else (value, -loss)
+
+
+def _best_version(client: Any, name: str, objective: str) -> tuple[Any, Score] | None:
+    best: tuple[Any, Score] | None = None
+    for version in client.search_model_versions(f"name = '{name}'"):
+        score = version_score(client, version, objective)
+        # Higher score first; on a tie the earlier version keeps it.
+        if score is not None and (best is None or score > best[1] or
+                                  (score == best[1] and int(version.version) < int(best[0].version))):
+            best = (version, score)
+    return best
+
+
+def _alias(client: Any, name: str) -> Any | None:
+    import mlflow
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def move_champion(client: Any, name: str, version: str, objective: str) -> str:
+    """Point `champion` at the best version for `objective`; say where it ended and whether ours."""
+    before = _alias(client, name)
+    for _ in range(ROUNDS):
+        best = _best_version(client, name, objective)
+        if best is None:
+            return f"; alias {CHAMPION!r} left as it is (no version scored on {objective})"
+        target = str(best[0].version)
+        current = _alias(client, name)
+        if current is None or str(current.version) != target:
+            client.set_registered_model_alias(name, CHAMPION, target)
+        time.sleep(SETTLE_SECONDS)
+        settled = _alias(client, name)
+        if settled is not None and str(settled.version) == target and _best_version(client, name, objective) == best:
+            break
+    if target == version:
+        was = f" (was version {before.version})" if before is not None and str(before.version) != version else ""
+        return f"; alias {CHAMPION!r} moved to it{was}"
+    return f"; {CHAMPION!r} stays on version {target}, which scores better on {objective} ({best[1][0]:.4f})"
+
+
+def log_promotion(*, space: str, runs_dir: Path, model: Any, summary: dict[str, Any], metrics: dict[str, float],
+                  score: Score) -> str:
+    """Log the promoted model as a run, register it and move `champion` if it is the best; say what happened."""
+    config = load_config()
+    if not config.enabled:
+        return "MLflow: tracking is disabled in mlflow.yaml; nothing logged."
+    uri = tracking_uri(config, runs_dir, space)
+    client = clients.connect(uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    promoted = summary["promoted"]
+    objective = summary.get("objective", "val_accuracy")
+    name = config.registered_model_name.format(space=space) if config.registered_model_name else None
+    experiment = config.experiment.format(space=space)
+    tags = {"kind": "ensemble", "space": space, "promoted": promoted["method"], "refit": str(summary["refit"])}
+    search_run = clients.search_run(RunsDir(runs_dir).space(space))
+    if search_run is not None and search_run[0] == uri:
+        tags["mlflow.parentRunId"] = search_run[1]  # nested under the search's run when it is in this store
+    run = client.create_run(clients.experiment_id(client, experiment, uri, config.artifact_location),
+                            run_name=f"promoted: {promoted['method']}", tags=tags)
+    run_id = run.info.run_id
+    try:
+        params = {"method": promoted["method"], "members": ",".join(promoted["members"]),
+                  "weights": ",".join(str(w) for w in promoted["weights"]), "refit": summary["refit"],
+                  "top_k": summary["top_k"], "rounds": summary["rounds"], "objective": objective}
+        for key, value in params.items():
+            client.log_param(run_id, key, str(value))
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, float(value))
+        client.log_dict(run_id, summary, "ensemble.json")
+        info = clients.log_keras_model(run_id, model, registered_name=name)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    message = f"MLflow: run {run_id} in experiment {experiment!r} ({redact(uri)})"
+    if not name:
+        return message + "; no registered_model_name in mlflow.yaml, so nothing registered."
+    version = str(info.registered_model_version)
+    version_tags = {
+        "score": json.dumps(list(score)), "objective": objective,
+        "val_accuracy": repr(promoted["val_accuracy"]), "val_log_loss": repr(promoted["val_log_loss"]),
+        "method": promoted["method"], "members": ",".join(promoted["members"]),
+        "weights": ",".join(str(w) for w in promoted["weights"]), "refit": str(summary["refit"]),
+    }
+    for key, value in version_tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return message + f"; registered {name!r} version {version}" + move_champion(client, name, version, objective) + "."

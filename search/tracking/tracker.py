@@ -1,0 +1,346 @@
+"""MLflow tracking of a search: one parent run per search, one nested run per trial.
+
+Configured by `mlflow.yaml` (the working directory's, else the repository's; defaults when
+there is none); `MLFLOW_TRACKING_URI` overrides its `tracking_uri`. Tracking only observes:
+a store that cannot be reached, or an MLflow call that keeps failing after its retries,
+prints one warning and the search goes on with its results on disk.
+
+Statuses: a trial COMPLETED ends FINISHED, FAILED ends FAILED (the error in the `error`
+tag), KILLED ends KILLED; PRUNED (stopped early by the algorithm, on purpose) ends FINISHED.
+Every trial run also carries the search's own word in its `status` tag. Runs left RUNNING by
+a process that died (SIGKILL, a lost machine) are marked KILLED by the next search that
+starts in the experiment: at once when it can tell the process is gone, else once the run's
+`heartbeat` tag is older than `stale_after_minutes`.
+
+Each trial run also gets the trial's model, val probabilities and record as artifacts
+(`trial/`), with the digest of the val labels as a tag, so that the report and the ensemble
+of a study shared by several machines can use every trial (`search.results.study`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.engine.algorithms import uses_optuna
+from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED, SearchHooks, SearchInfo, TrialInfo, TrialResult
+from search.models.schedules import learning_rate_schedule
+from search.redaction import redact
+from search.results import plots
+from search.runs import atomic, workers
+from search.runs.layout import SpaceDir, TrialDir
+from search.tracking import client as clients
+from search.tracking.config import TrackingConfig, load_config, search_tags, tracking_uri
+
+RUN_STATUS = {COMPLETED: "FINISHED", PRUNED: "FINISHED", FAILED: "FAILED", KILLED: "KILLED"}
+TAG_LIMIT = 5000
+HEARTBEAT_SECONDS = 60.0
+# Runs that a tracker of this process has open: any other run tagged with this process is stale.
+_OPEN: set[str] = set()
+
+
+def hooks_for(space: Any) -> list[SearchHooks]:
+    """The tracking hooks for one search (none when mlflow.yaml says `enabled: false`)."""
+    config = load_config()
+    return [MlflowTracker(config)] if config.enabled else []
+
+
+def labels_digest(path: Path) -> str | None:
+    """A digest of val_labels.npy's labels: trials of one study agree on it, or cannot be averaged."""
+    try:
+        labels = np.load(path)
+    except (OSError, ValueError, EOFError):
+        return None
+    return hashlib.sha256(np.ascontiguousarray(labels.astype(np.int64)).tobytes()).hexdigest()[:16]
+
+
+def _guarded(method: Callable[..., None]) -> Callable[..., None]:
+    """Skip when tracking is off; time the call; turn any error into one warning."""
+
+    @functools.wraps(method)
+    def wrapper(self: MlflowTracker, *args: Any) -> None:
+        if not self.enabled:
+            return
+        started = time.perf_counter()
+        try:
+            method(self, *args)
+        except clients.Unavailable as e:
+            self._disable(str(e))
+        except Exception as e:  # noqa: BLE001 - tracking must never fail a search
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            self._disable(f"{type(e).__name__}: {redact(first)}"[:300])
+        finally:
+            self.seconds[method.__name__] = self.seconds.get(method.__name__, 0.0) + time.perf_counter() - started
+
+    return wrapper
+
+
+class MlflowTracker(SearchHooks):
+    """Logs a search and its trials to MLflow through `MlflowClient` and explicit run ids."""
+
+    def __init__(self, config: TrackingConfig | None = None):
+        self.config = config or TrackingConfig()
+        self.enabled = True
+        self.seconds: dict[str, float] = {}  # time spent in each hook method
+        self.uri = ""
+        self.parent_id = ""
+        self.experiment_id = ""
+        self.client: Any = None
+        self._space_dir = Path(".")
+        self._runs: dict[str, str] = {}  # trial_id -> open run id
+        self._pending: dict[str, list[Any]] = {}  # run id -> metrics not flushed yet
+        self._flushed = time.monotonic()
+        # Trial plots and artifacts are logged here while the next trial trains: drawing three
+        # figures cost ~1.8 s a trial on the search's critical path.
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-artifacts")
+        self._in_flight: list[Future] = []
+        self._beating = threading.Event()
+        self._beater: threading.Thread | None = None
+        self.worker = workers.this_worker()
+
+    def _disable(self, reason: str) -> None:
+        self.enabled = False
+        self._beating.set()
+        print(f"warning: MLflow tracking is off for the rest of this search ({reason}). The search goes on; "
+              f"its results stay in {self._space_dir} (trials.csv).", file=sys.stderr, flush=True)
+
+    # Search ------------------------------------------------------------------------------
+    @_guarded
+    def on_search_begin(self, search: SearchInfo) -> None:
+        self._space_dir = search.space_dir
+        self.uri = tracking_uri(self.config, search.space_dir.parent, search.name)
+        self.client = clients.connect(self.uri)
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)  # Model.log reads the global URI
+        name = self.config.experiment.format(space=search.name)
+        self.experiment_id = clients.experiment_id(self.client, name, self.uri, self.config.artifact_location)
+        self._kill_stale()
+        self.parent_id = self._parent(search)
+        self.client.log_batch(self.parent_id, tags=self._tags(search_tags(search)))
+        self.client.log_artifact(self.parent_id, str(search.space_path), "space")
+        atomic.write_json(SpaceDir(search.space_dir).mlflow_record, {
+            "tracking_uri": redact(self.uri), "experiment_id": self.experiment_id, "run_id": self.parent_id})
+        print(f"MLflow: run {self.parent_id} in experiment {name!r} at {redact(self.uri)}", flush=True)
+        self._beater = threading.Thread(target=self._beat, daemon=True, name="mlflow-heartbeat")
+        self._beater.start()
+
+    def _parent(self, search: SearchInfo) -> str:
+        """The run of this search: the one in mlflow.json when the store still has it."""
+        found = clients.search_run(SpaceDir(search.space_dir))
+        if found is not None:
+            try:
+                run = self.client.get_run(found[1])
+            except Exception:  # noqa: BLE001 - not in this store (deleted, or another store)
+                run = None
+            if run is not None and run.info.lifecycle_stage == "active":
+                self.client.update_run(found[1], status="RUNNING")
+                return found[1]
+        return self.client.create_run(self.experiment_id, run_name=search.name).info.run_id
+
+    def _kill_stale(self) -> None:
+        """Trial runs still RUNNING whose process died will never end: mark them KILLED."""
+        running = self.client.search_runs(
+            [self.experiment_id], filter_string="attributes.status = 'RUNNING' and tags.trial_id != ''",
+            max_results=1000)
+        now = time.time()
+        for run in running:
+            tags = run.data.tags
+            try:
+                owner = workers.Worker.from_record(json.loads(tags.get("worker", "null")))
+            except ValueError:
+                owner = None
+            life = workers.alive(owner)
+            if life is True and owner == self.worker and run.info.run_id not in _OPEN:
+                life = False  # an earlier search in this process, whose tracker is gone
+            beat = float(tags.get("heartbeat") or run.info.start_time / 1000)
+            stale = life is False or (life is None and now - beat > 60 * self.config.stale_after_minutes)
+            if not stale:
+                continue
+            self.client.set_tag(run.info.run_id, "status", KILLED)
+            self.client.set_terminated(run.info.run_id, "KILLED")
+
+    def _beat(self) -> None:
+        while not self._beating.wait(HEARTBEAT_SECONDS):
+            for run_id in list(self._runs.values()):
+                try:
+                    self.client.set_tag(run_id, "heartbeat", f"{time.time():.0f}")
+                except Exception:  # noqa: BLE001 - ended meanwhile, or a hiccup: the next beat
+                    pass
+
+    @_guarded
+    def on_search_end(self, search: SearchInfo, status: str) -> None:
+        self._beating.set()
+        self._wait_for_background()
+        for trial_id, run_id in list(self._runs.items()):  # trials that never reached their end
+            self._flush(run_id)
+            self.client.set_tag(run_id, "status", KILLED)
+            self.client.set_terminated(run_id, "KILLED")
+            del self._runs[trial_id]
+            _OPEN.discard(run_id)
+        if status != KILLED and self.config.log_models != "none":
+            self._log_best_model(search)
+        folder = SpaceDir(search.space_dir)
+        for path in (folder.trials_csv, folder.skipped):
+            if path.exists():
+                self.client.log_artifact(self.parent_id, str(path))
+        self.client.set_tag(self.parent_id, "status", status)
+        self.client.set_terminated(self.parent_id, RUN_STATUS[status])
+
+    # Trials ------------------------------------------------------------------------------
+    @_guarded
+    def on_trial_begin(self, search: SearchInfo, trial: TrialInfo) -> None:
+        from mlflow.entities import Param
+
+        tags = {
+            "mlflow.parentRunId": self.parent_id, "trial_id": trial.trial_id, "trial_number": str(trial.number),
+            "status": "RUNNING", "backbone": trial.config.backbone, "worker": json.dumps(self.worker.record()),
+            "heartbeat": f"{time.time():.0f}", "space": search.name,
+        }
+        study = search.settings.get("options", {}).get("study") or (
+            search.name if uses_optuna(str(search.settings.get("algorithm"))) else None)
+        if study:
+            tags["study"] = str(study)
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number:03d}-{trial.trial_id}",
+                                     tags=tags)
+        values = {**trial.config.as_dict(), **trial.values, "epochs": trial.epochs}
+        if trial.initial_epoch:
+            values["initial_epoch"] = trial.initial_epoch
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in values.items()])
+        self._runs[trial.trial_id] = run.info.run_id
+        _OPEN.add(run.info.run_id)
+
+    @_guarded
+    def on_epoch_end(self, search: SearchInfo, trial: TrialInfo, epoch: int, logs: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        now = int(time.time() * 1000)
+        # Step = the epoch as Keras prints it (1-based), the same in the learning-curves plot.
+        self._pending.setdefault(run_id, []).extend(
+            Metric(k, float(v), now, epoch + 1) for k, v in logs.items() if isinstance(v, (int, float, np.number)))
+        if time.monotonic() - self._flushed >= self.config.flush_seconds:
+            self._flush(run_id)
+
+    def _flush(self, run_id: str) -> None:
+        metrics = self._pending.pop(run_id, [])
+        for start in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        self._flushed = time.monotonic()
+
+    @_guarded
+    def on_trial_end(self, search: SearchInfo, trial: TrialInfo, result: TrialResult) -> None:
+        from mlflow.entities import Metric
+
+        # Forgotten only once ended: a Ctrl-C landing in here leaves it to on_search_end.
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        self._flush(run_id)
+        now = int(time.time() * 1000)
+        summary = {f"best_{k}": v for k, v in result.best.items()}
+        summary.update(params=result.params, size_mb=result.size_mb, seconds_per_epoch=result.seconds_per_epoch,
+                       images_per_second=result.images_per_second, epochs_run=result.epochs_run,
+                       train_seconds=result.seconds)
+        tags = {"status": result.status}
+        if result.error:
+            tags["error"] = result.error
+        digest = labels_digest(SpaceDir(search.space_dir).val_labels)
+        if digest and result.status in (COMPLETED, PRUNED):
+            tags["val_labels_digest"] = digest
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items() if v is not None],
+            tags=self._tags(tags))
+        self._in_flight.append(self._background.submit(self._log_trial_files, run_id, search, trial, result))
+        if self.config.log_models == "all" and result.model_path and result.model_path.exists():
+            clients.log_keras_model(run_id, result.model_path)
+        self.client.set_terminated(run_id, RUN_STATUS.get(result.status, "FINISHED"))
+        del self._runs[trial.trial_id]
+        _OPEN.discard(run_id)
+        self._log_best_so_far(search, trial)
+
+    def _log_trial_files(self, run_id: str, search: SearchInfo, trial: TrialInfo, result: TrialResult) -> None:
+        if not self.enabled:  # the store went away since this was queued
+            return
+        for artifact in self._trial_plots(search, trial, result):
+            self.client.log_artifact(run_id, str(artifact), "plots")
+        folder = TrialDir(trial.dir)
+        if self.config.log_trial_artifacts and result.status in (COMPLETED, PRUNED):
+            for path in (folder.record, folder.val_probabilities, folder.model, SpaceDir(search.space_dir).val_labels):
+                if path.exists():
+                    self.client.log_artifact(run_id, str(path), "trial")
+
+    def _wait_for_background(self) -> None:
+        """Let the background logging finish; one that failed is a warning, never an error."""
+        in_flight, self._in_flight = self._in_flight, []
+        for future in in_flight:
+            error = future.exception()
+            if error is not None:
+                print(f"warning: MLflow: a trial's plots or files were not logged ({type(error).__name__}: "
+                      f"{redact(str(error).strip())[:200]}).", file=sys.stderr, flush=True)
+
+    @_guarded
+    def on_search_pause(self, search: SearchInfo) -> None:
+        self._wait_for_background()
+
+    def _trial_plots(self, search: SearchInfo, trial: TrialInfo, result: TrialResult) -> list[Path]:
+        """Learning curves, the LR schedule and the confusion matrix, drawn into the trial's folder."""
+        drawn: list[Path] = []
+        out = TrialDir(trial.dir).plots
+        title = f"trial {trial.number} ({trial.config.backbone})"
+        if result.history.get("loss"):
+            drawn.append(plots.learning_curves(result.history, out / "learning_curves.png",
+                                               first_epoch=trial.initial_epoch, title=title))
+        schedule = learning_rate_schedule(trial.config, trial.epochs, search.replicas)
+        drawn.append(plots.schedule(schedule, trial.epochs, out / "lr_schedule.png", title=f"{title} LR"))
+        labels_path = SpaceDir(search.space_dir).val_labels
+        if result.val_probabilities_path and result.val_probabilities_path.exists() and labels_path.exists():
+            predictions = np.load(result.val_probabilities_path).argmax(axis=1)
+            classes = search.data.get("classes") or [str(i) for i in range(int(predictions.max()) + 1)]
+            drawn.append(plots.confusion_matrix(np.load(labels_path), predictions, classes,
+                                                out / "confusion_matrix.png", title=title))
+        return drawn
+
+    def _log_best_so_far(self, search: SearchInfo, trial: TrialInfo) -> None:
+        try:
+            best = json.loads(SpaceDir(search.space_dir).best_record.read_text())
+        except (OSError, ValueError):
+            return
+        self.client.log_metric(self.parent_id, f"best_{best['objective']}", float(best["score"]), step=trial.number)
+        self.client.set_tag(self.parent_id, "best_trial_id", best["trial_id"])
+
+    # Models ------------------------------------------------------------------------------
+    def _log_best_model(self, search: SearchInfo) -> None:
+        folder = SpaceDir(search.space_dir)
+        try:
+            trial_id = json.loads(folder.best_record.read_text())["trial_id"]
+        except (OSError, ValueError, KeyError):
+            return
+        if not folder.best_model.exists():
+            return
+        if self.client.get_run(self.parent_id).data.tags.get("best_model_trial_id") == trial_id:
+            return  # logged by an earlier start of this search
+        runs = self.client.search_runs(
+            [self.experiment_id], order_by=["attributes.start_time DESC"], max_results=1,
+            filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}' and tags.trial_id = '{trial_id}'")
+        if runs:
+            # Registered only when promoted (search.ensemble): the registry holds what is served.
+            clients.log_keras_model(runs[0].info.run_id, folder.best_model)
+            self.client.set_tag(self.parent_id, "best_model_trial_id", trial_id)
+
+    def _tags(self, tags: dict[str, Any]) -> list[Any]:
+        from mlflow.entities import RunTag
+
+        return [RunTag(k, str(v)[:TAG_LIMIT]) for k, v in tags.items()]
