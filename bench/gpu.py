@@ -66,7 +66,7 @@ def one(backbone: str, mode: str, size: int, batch: int, warmup: int, steps: int
     import keras
     import tensorflow as tf
 
-    from search import models
+    from search.models import build as models
     from search.hparams import TrialConfig
 
     policy, xla = MODES[mode]

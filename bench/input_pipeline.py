@@ -72,7 +72,7 @@ def write_images(source: Path, out: Path, stored: int) -> tuple[Path, Path]:
 
 
 def open_image_data(root: Path, runs_dir: Path) -> Any:
-    from search.data import open_data
+    from search.data.dataset import open_data
     from search.declare import Data
 
     return open_data(Data(str(root)), runs_dir=runs_dir, seed=0)
@@ -94,7 +94,7 @@ def input_wait(data: Any, model_size: int, batch: int, steps_after: int) -> dict
     """Train MobileNetV2 step by step on the folders' pipeline; time blocked in next() per phase."""
     import keras
 
-    from search import models
+    from search.models import build as models
     from search.hparams import TrialConfig
 
     config = TrialConfig(backbone="MobileNetV2", weights="none", image_size=model_size, batch_size=batch,
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         args.per_class, args.rounds, args.epochs, args.stored, args.size, args.wait_steps = 20, 1, 2, 64, 48, 5
     import keras
 
-    from search import _builtin
+    from search.data import builtin as _builtin
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-input-"))
     source = _builtin.materialise(f"builtin:fashion-mnist?per_class={args.per_class}", tmp / "runs")

@@ -4,7 +4,7 @@
 
 One search of `--trials` tiny trials (random search over MobileNet-family backbones and
 head sizes from scratch at 32 px, scikit-learn's digits, 1 epoch of `--steps` steps, MLflow
-off) run by `search.run.run_search` in this process. A hook reads the process's resident
+off) run by `search.engine.runner.run_search` in this process. A hook reads the process's resident
 memory (VmRSS) twice a trial: when the trial ends (its model and graphs still alive), and
 after the search has released the trial (read as the next trial begins, or the search
 ends). Growth is measured on the second, from trial 3 (once TensorFlow's kernels, the
@@ -40,7 +40,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.hooks import SearchHooks  # noqa: E402
+from search.engine.hooks import SearchHooks  # noqa: E402
 
 SPACE = '''
 from search import Data, Search
@@ -101,7 +101,7 @@ BARE = """
 import gc, os, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras, numpy as np, tensorflow as tf
-from search.memory import TrialMemory
+from search.engine.memory import TrialMemory
 x = np.random.rand(32, 32, 32, 3).astype("float32"); y = np.random.randint(0, 10, 32)
 memory = TrialMemory()
 for i in range({n}):
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.trials, args.steps = 4, 1
-    from search.run import run_search
+    from search.engine.runner import run_search
     from search.space import load_space
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))

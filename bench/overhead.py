@@ -62,8 +62,8 @@ def plain(space_file: Path, runs_dir: Path) -> tuple[float, float]:
     """The same trials as a plain Keras loop: (wall seconds, seconds inside model.fit)."""
     import keras
 
-    from search import models
-    from search.data import open_data
+    from search.models import build as models
+    from search.data.dataset import open_data
     from search.hparams import TrialConfig
     from search.space import load_space
 
@@ -104,7 +104,7 @@ def framework(space_file: Path, runs_dir: Path, tracking: bool) -> tuple[float, 
 
 
 def measure(variant: str, space_file: Path, runs_dir: Path) -> tuple[float, float]:
-    from search.memory import TrialMemory
+    from search.engine.memory import TrialMemory
 
     memory = TrialMemory()
     quiet = io.StringIO()

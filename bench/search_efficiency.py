@@ -48,8 +48,8 @@ PRUNING = {"pruner": "median", "pruner_options": {"n_startup_trials": 2, "n_warm
 
 def run_method(algorithm: str, seed: int, budget: int, epochs: int, runs_dir: Path, space_file: Path) -> dict[str, Any]:
     """One search with `algorithm` until `budget` epochs are consumed; its best-so-far curve."""
-    from search import run
-    from search.results import load_records
+    from search.engine.runner import run_search
+    from search.results.records import load_records
     from search.space import load_space
 
     name = f"{algorithm}-{seed}"
@@ -60,7 +60,7 @@ def run_method(algorithm: str, seed: int, budget: int, epochs: int, runs_dir: Pa
         space = load_space(space_file, algorithm=algorithm, seed=seed, max_trials=trials, epochs=epochs,
                            sets={} if algorithm == "random" else {"options": repr(PRUNING)})
         space = dataclasses.replace(space, name=name)
-        outcome = run.run_search(space, runs_dir=runs_dir, verbose=0)
+        outcome = run_search(space, runs_dir=runs_dir, verbose=0, tracking=False)  # tracking is not measured
         records = sorted(load_records(runs_dir / name), key=lambda r: r["trial_id"])
         consumed = sum(r["epochs_run"] for r in records)
         if outcome.status != "COMPLETED" or len(records) < trials:
@@ -101,9 +101,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="runs/bench/search_efficiency.json")
     args = p.parse_args(argv)
 
-    from search import run
-
-    run._tracking_hooks = lambda space: []  # tracking is not what is measured
     algorithms = args.algorithms.split(",")
     if "gp" in algorithms:
         try:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search import run, tracking  # noqa: E402
-from search.hooks import SearchHooks  # noqa: E402
-from search.tracking_config import TrackingConfig  # noqa: E402
+from search import run  # noqa: E402
+from search.tracking import tracker as tracking  # noqa: E402
+from search.engine.hooks import SearchHooks  # noqa: E402
+from search.tracking.config import TrackingConfig  # noqa: E402
 
 PER_TRIAL = ("on_trial_begin", "on_epoch_end", "on_trial_end")
 

@@ -51,12 +51,15 @@ def _save_json_atomically(path: str, obj: Any) -> str:
 
 
 def patch_keras_tuner() -> None:
-    """Install both fixes (idempotent). Relies on `HyperParameters._hps` and
-    `keras_tuner.src.utils.save_json`, which every state file goes through."""
+    """Install the fixes (idempotent). Relies on `HyperParameters._hps`,
+    `keras_tuner.src.utils.save_json`, which every state file goes through, and
+    `keras_tuner.src.config.DEBUG`: True in every release, it makes the tuner print each failed
+    trial's whole traceback to the console, where our one line and error.txt say it better."""
     global _original_ensure_active_values
     import keras_tuner as kt
-    from keras_tuner.src import utils
+    from keras_tuner.src import config, utils
 
+    config.DEBUG = False
     if _original_ensure_active_values is None:
         _original_ensure_active_values = kt.HyperParameters.ensure_active_values
         kt.HyperParameters.ensure_active_values = _ensure_active_values  # type: ignore[method-assign]

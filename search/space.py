@@ -1,7 +1,9 @@
 """Load a space file, apply command-line overrides, and validate it before anything runs.
 
 A space file is plain Python with three names (see `search.declare`): ``data``, ``search``
-and ``hyperparameters(hp)``. Everything a user can get wrong in it is reported here as one
+and ``hyperparameters(hp)``, and two optional ones: ``build_model(hp, inputs, num_classes)``,
+a model of the user's own in place of a backbone and head, and ``callbacks(hp)``, Keras
+callbacks for each trial's fit. Everything a user can get wrong in it is reported here as one
 `SpaceError` naming the file, the line or the name, and the fix; nothing is written to disk.
 """
 
@@ -11,6 +13,7 @@ import ast
 import dataclasses
 import hashlib
 import importlib.util
+import inspect
 import sys
 import traceback
 import typing
@@ -40,6 +43,10 @@ class Space:
     declare_fn: Callable[[Any], Any]
     fixed: Mapping[str, Any]  # hyperparameters fixed by --set / --smoke
     doc: str = ""
+    # build_model(hp, inputs, num_classes) -> a keras.Model or its output tensor (probabilities)
+    build_fn: Callable[..., Any] | None = None
+    # callbacks(hp) -> Keras callbacks added to each trial's fit
+    callbacks_fn: Callable[[Any], Any] | None = None
 
     def declare(self, hp: kt.HyperParameters) -> None:
         """Declare the space's hyperparameters on `hp`, with the fixed ones pinned."""
@@ -50,6 +57,13 @@ class Space:
 
     def trial_config(self, values: Mapping[str, Any]) -> hparams.TrialConfig:
         return hparams.TrialConfig.from_values(values)
+
+    def hyperparameters_with(self, values: Mapping[str, Any]) -> kt.HyperParameters:
+        """The space's hyperparameters holding one trial's values (what build_model gets)."""
+        hp = kt.HyperParameters()
+        self.declare(hp)
+        hp.values.update(values)
+        return hp
 
     @property
     def sha256(self) -> str:
@@ -107,9 +121,12 @@ def load_space(
     if smoke:
         search_changes.update(SMOKE_SEARCH)
         fixed["weights"] = "none"
+    own = _own_hyperparameters(module, declare_fn) if hasattr(module, "build_model") else {}
     for name, text in (sets or {}).items():
         value = parse_value(text)
-        if name in hparams.NAMES:
+        if name in own:
+            fixed[name] = _coerce_own(path, own[name], value)
+        elif name in hparams.NAMES:
             fixed[name] = hparams.coerce(name, value)
         elif name in _fields(Search):
             search_changes[name] = _coerce_setting(Search, name, value)
@@ -141,6 +158,8 @@ def load_space(
         declare_fn=declare_fn,
         fixed=fixed,
         doc=(module.__doc__ or "").strip(),
+        build_fn=_optional_function(path, module, "build_model", ("hp", "inputs", "num_classes")),
+        callbacks_fn=_optional_function(path, module, "callbacks", ("hp",)),
     )
     if smoke and "image_size" not in fixed:
         fixed["image_size"] = _smoke_image_size(space)
@@ -219,6 +238,56 @@ def _required_names(path: Path, module: Any) -> tuple[Data, Search, Callable[[An
     return data, search, declare
 
 
+def _own_hyperparameters(module: Any, declare_fn: Callable[[Any], Any]) -> dict[str, Any]:
+    """The hyperparameters a space with its own build_model declares beyond the built-in ones."""
+    hp = kt.HyperParameters()
+    try:
+        declare_fn(hp)
+    except Exception:  # noqa: BLE001 - reported with its line by the validation that follows
+        return {}
+    return {p.name: p for p in hp.space if p.name not in hparams.NAMES}
+
+
+def _coerce_own(path: Path, declared: Any, value: Any) -> Any:
+    """A --set value for a hyperparameter of the space's own, as the type it was declared with."""
+    kinds = kt.engine.hyperparameters
+    problem = None
+    if isinstance(declared, kinds.Boolean):
+        problem = None if isinstance(value, bool) else "True or False"
+    elif isinstance(declared, kinds.Int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        problem = None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    elif isinstance(declared, kinds.Float):
+        problem = None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+        value = float(value) if problem is None else value
+    elif isinstance(declared, kinds.Choice) and declared.values:
+        wanted = type(declared.values[0])
+        if wanted is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        problem = None if isinstance(value, wanted) and not (wanted is not bool and isinstance(value, bool)) \
+            else f"a {wanted.__name__} like its choices {list(declared.values)}"
+    if problem:
+        raise SpaceError(f"{path}: --set {declared.name}={value!r}: {declared.name} is declared as "
+                         f"{type(declared).__name__}, so it takes {problem}.")
+    return value
+
+
+def _optional_function(path: Path, module: Any, name: str, parameters: tuple[str, ...]) -> Callable[..., Any] | None:
+    function = getattr(module, name, None)
+    if function is None:
+        return None
+    if not callable(function):
+        raise SpaceError(f"{path}: `{name}` must be a function `def {name}({', '.join(parameters)}):`, "
+                         f"got {type(function).__name__}.")
+    try:
+        inspect.signature(function).bind(*parameters)
+    except TypeError:
+        raise SpaceError(f"{path}: `{name}` must take ({', '.join(parameters)}): define it as "
+                         f"`def {name}({', '.join(parameters)}):`.") from None
+    return function
+
+
 def _declared(space: Space) -> kt.HyperParameters:
     hp = kt.HyperParameters()
     try:
@@ -248,6 +317,8 @@ def candidate_values(hp: kt.HyperParameters, name: str) -> list[Any]:
 def _validate_hyperparameters(space: Space) -> None:
     hp = _declared(space)
     for param in hp.space:
+        if space.build_fn is not None and param.name not in hparams.NAMES:
+            continue  # a hyperparameter of the user's own model: build_model gives it meaning
         try:
             for value in candidate_values(hp, param.name):
                 hparams.check_value(param.name, hparams.coerce(param.name, value))

@@ -1,10 +1,15 @@
-"""Shared fixtures: seeding, and small real image datasets (scikit-learn's handwritten digits)
-written to disk in each layout the framework reads."""
+"""Shared fixtures: seeding, small real image datasets (scikit-learn's handwritten digits)
+written to disk in each layout the framework reads, and one real search that the tests which
+only read a search's results share."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
+import os
 import random
+import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -14,8 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# Tests import `search` from this checkout even when it is not pip-installed into the venv.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "spaces" / "digits.py"
+# A space with a model of its own small enough that a trial trains in under a second: for the
+# machinery around trials (resume, crashes, locks, workers).
+TINY = REPO / "tests" / "spaces" / "tiny.py"
 
 PER_CLASS = 20
 
@@ -146,3 +154,46 @@ def digits_tfrecords(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for item in items:
                 writer.write(item)
     return root
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All 1,797 digits as builtin:digits writes them (class folders of PNGs), written once."""
+    from search.data import builtin
+
+    return builtin.materialise("builtin:digits", tmp_path_factory.mktemp("builtin"))
+
+
+@dataclasses.dataclass
+class Searched:
+    """A real search of spaces/digits.py: 3 smoke trials, tracked in MLflow, its champion promoted."""
+
+    runs: Path
+    space_dir: Path
+    tracking_uri: str
+    code: int
+    output: str
+
+
+@pytest.fixture(scope="session")
+def searched(tmp_path_factory: pytest.TempPathFactory, digits_root: Path) -> Searched:
+    from search import run
+
+    runs = tmp_path_factory.mktemp("searched") / "runs"
+    uri = f"sqlite:///{runs.parent}/store/mlflow.db"
+    output = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        with contextlib.redirect_stdout(output):
+            code = run.main([str(DIGITS), "--smoke", "--max-trials", "3", "--data", str(digits_root),
+                             "--runs-dir", str(runs), "--quiet"])
+    return Searched(runs, runs / "digits", uri, code, output.getvalue())
+
+
+def cli(module: str, *args: str, cwd: Path = REPO, env: dict[str, str] | None = None, timeout: int = 600,
+        ) -> subprocess.CompletedProcess:
+    """`python -m search.<module> ARGS` in a fresh process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", f"search.{module}", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": "", **(env or {})},
+    )

@@ -61,7 +61,7 @@ def configs(space_file: str, folder: Path, sets: dict[str, str] | None = None) -
     """{backbone: its TrialConfig} as the space's own oracle proposes them, without training."""
     import keras_tuner as kt
 
-    from search.tuner import make_oracle  # also its fix for same-named conditional hyperparameters
+    from search.engine.oracles import make_oracle  # also its fix for same-named conditional hyperparameters
 
     space = load_space(space_file, sets=sets)
     hp = kt.HyperParameters()
@@ -71,6 +71,10 @@ def configs(space_file: str, folder: Path, sets: dict[str, str] | None = None) -
         config = space.trial_config(values)
         found.setdefault(config.backbone, config)
     return found
+
+
+def searched_data(searched) -> str:
+    return json.loads((searched.space_dir / "search.json").read_text())["data"]["root"]
 
 
 def result(space_dir: Path, trial: str = "0") -> dict:
@@ -153,24 +157,12 @@ def test_celeb_space_as_written(digits_zip: Path, no_tracking: Path) -> None:
     assert (table["status"] == "COMPLETED").all() and len(table) == 2
 
 
-@pytest.fixture(scope="module")
-def digits_search(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A smoke search of the digits space, tracked in MLflow: a grid over its two backbones
-    (MobileNetV2, MobileNet) with every other choice pinned, so each is tried once."""
-    runs = tmp_path_factory.mktemp("level3") / "runs"
-    pinned = ["batch_size=32", "head_width=128", "dropout=0.1", "optimizer=adam", "learning_rate=0.002"]
-    sets = [arg for value in pinned for arg in ("--set", value)]
-    assert run.main([DIGITS, "--smoke", "--algorithm", "grid", *sets, "--runs-dir", str(runs), "--quiet",
-                     "--no-ensemble"]) == 0
-    return runs
-
-
-def test_featuremaps_of_a_trained_trial(digits_search: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_featuremaps_of_a_trained_trial(searched, capsys: pytest.CaptureFixture[str]) -> None:
     from search import featuremaps
 
-    image = next((digits_search / "data" / "digits" / "3").glob("*.png"))
-    out = digits_search / "maps"
-    code = featuremaps.main(["digits", "--runs-dir", str(digits_search), "--trial", "0", "--image", str(image),
+    image = next((Path(searched_data(searched)) / "3").glob("*.png"))
+    out = searched.runs / "maps"
+    code = featuremaps.main(["digits", "--runs-dir", str(searched.runs), "--trial", "0", "--image", str(image),
                              "--out", str(out)])
     assert code == 0
     pictures = sorted(out.glob("*.png"))
@@ -183,25 +175,25 @@ def test_featuremaps_of_a_trained_trial(digits_search: Path, capsys: pytest.Capt
     assert "featuremaps logged to run" in capsys.readouterr().out
 
 
-def test_featuremaps_user_mistakes_are_one_line(digits_search: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_featuremaps_user_mistakes_are_one_line(searched, capsys: pytest.CaptureFixture[str]) -> None:
     from search import featuremaps
 
-    image = next((digits_search / "data" / "digits" / "3").glob("*.png"))
-    base = ["digits", "--runs-dir", str(digits_search), "--image"]
+    image = next((Path(searched_data(searched)) / "3").glob("*.png"))
+    base = ["digits", "--runs-dir", str(searched.runs), "--image"]
     assert featuremaps.main([*base, str(image), "--trial", "99"]) == 2
     assert featuremaps.main([*base, str(image), "--trial", "0", "--layers", "Conv_99"]) == 2
-    assert featuremaps.main([*base, str(digits_search / "missing.png"), "--trial", "0"]) == 2
+    assert featuremaps.main([*base, str(searched.runs / "missing.png"), "--trial", "0"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 3 and "Conv_99" in errors[1]
 
 
-def test_tflite_export_agrees_and_sizes_every_backbone(digits_search: Path) -> None:
+def test_tflite_export_agrees_and_sizes_every_backbone(searched) -> None:
     from search import export
 
-    trials = pd.read_csv(digits_search / "digits" / "trials.csv")
+    trials = pd.read_csv(searched.runs / "digits" / "trials.csv")
     assert set(trials["backbone"]) == {"MobileNet", "MobileNetV2"}
-    assert export.main(["digits", "--runs-dir", str(digits_search), "--max-images", "96", "--no-tracking"]) == 0
-    sizes = pd.read_csv(digits_search / "digits" / "export" / "sizes.csv")
+    assert export.main(["digits", "--runs-dir", str(searched.runs), "--max-images", "96", "--no-tracking"]) == 0
+    sizes = pd.read_csv(searched.runs / "digits" / "export" / "sizes.csv")
     assert set(sizes["backbone"]) == set(trials["backbone"])
     mobilenet = sizes[sizes["backbone"] == "MobileNet"].iloc[0]
     for variant in export.VARIANTS:

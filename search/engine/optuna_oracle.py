@@ -256,7 +256,7 @@ class OptunaOracle(kt.Oracle):
         # optuna-dashboard shows these instead of "Objective 0".
         names = [self.metric] + ([str(self.search.minimize)] if self.multi else [])
         if self.study.metric_names != names:
-            self._retry(lambda: self.study.set_metric_names(names))
+            self._storage_call(lambda: self.study.set_metric_names(names))
 
     # Trials -------------------------------------------------------------------------
     def create_trial(self, tuner_id: str) -> kt.engine.trial.Trial:
@@ -306,23 +306,23 @@ class OptunaOracle(kt.Oracle):
             # search and parallel workers do not replay the same values.
             self.study.sampler = make_sampler(self.search.algorithm, self.base_seed * 1000 + len(trials),
                                               self.search.max_trials, self.sampler_options)
-            trial = self._retry(self.study.ask)
-            self._retry(lambda: trial.set_user_attr("worker", self.worker.record()))
-            self._retry(lambda: trial.set_user_attr("heartbeat", time.time()))
-            self._retry(lambda: trial.set_user_attr("kt_trial_id", f"{trial.number:04d}"))
+            trial = self._storage_call(self.study.ask)
+            self._storage_call(lambda: trial.set_user_attr("worker", self.worker.record()))
+            self._storage_call(lambda: trial.set_user_attr("heartbeat", time.time()))
+            self._storage_call(lambda: trial.set_user_attr("kt_trial_id", f"{trial.number:04d}"))
             trials = self.study.get_trials(deepcopy=False)
             frozen = next(t for t in trials if t.number == trial.number)
-            recovered = {t.system_attrs.get("recovers") for t in trials}
+            recovered = {t.system_attrs["recovers"] for t in trials if "recovers" in t.system_attrs}
             origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
             in_budget = [t.number for t in counted(trials)].index(trial.number) < self.search.max_trials
-            if in_budget and origin not in recovered:
+            if in_budget and (origin is None or origin not in recovered):
                 self._asked[f"{trial.number:04d}"] = trial
                 self._keep_alive()
                 return trial
             # Several workers asked for the last trial at once (the lowest numbers win), or
             # this retry's trial was recovered from its record meanwhile.
-            self._retry(lambda: trial.set_user_attr("surplus", True))
-            self._retry(lambda: self.study.tell(trial, state=TrialState.FAIL))
+            self._storage_call(lambda: trial.set_user_attr("surplus", True))
+            self._storage_call(lambda: self.study.tell(trial, state=TrialState.FAIL))
 
     def _keep_alive(self) -> None:
         if self._heartbeat is None:
@@ -362,13 +362,13 @@ class OptunaOracle(kt.Oracle):
         values = self._values(record)
         if trial.state == TrialState.RUNNING:
             if record["status"] == PRUNED and not self.multi:
-                self._retry(lambda: self.study.tell(trial.number, state=TrialState.PRUNED))
+                self._storage_call(lambda: self.study.tell(trial.number, state=TrialState.PRUNED))
             elif values is None:
-                self._retry(lambda: self.study.tell(trial.number, state=TrialState.FAIL))
+                self._storage_call(lambda: self.study.tell(trial.number, state=TrialState.FAIL))
             else:
-                self._retry(lambda: self.study.tell(trial.number, values))
+                self._storage_call(lambda: self.study.tell(trial.number, values))
         elif values is not None:  # already failed by another worker: add its result as a trial of its own
-            self._retry(lambda: self.study.add_trial(optuna.trial.create_trial(
+            self._storage_call(lambda: self.study.add_trial(optuna.trial.create_trial(
                 values=values, params=trial.params, distributions=trial.distributions, user_attrs=trial.user_attrs,
                 system_attrs={"recovers": trial.number})))
         self.recovered.append(trial.number)
@@ -380,7 +380,7 @@ class OptunaOracle(kt.Oracle):
         assert self.study is not None
         trials = self.study.get_trials(deepcopy=False)
         stale_ids = set(compat.stale_trial_ids(self.study._storage, self.study)) if self._rdb else set()
-        recovered = {t.system_attrs.get("recovers") for t in trials}
+        recovered = {t.system_attrs["recovers"] for t in trials if "recovers" in t.system_attrs}
         retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
         retry_state = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t): t.state for t in trials}
         for t in trials:
@@ -414,11 +414,11 @@ class OptunaOracle(kt.Oracle):
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
             return  # another worker failed it first, and queues it again
         fresh = next(x for x in self.study.get_trials(deepcopy=False) if x.number == t.number)
-        self._retry(lambda: RetryHeartbeatStaleTrialCallback()(self.study, fresh))
+        self._storage_call(lambda: RetryHeartbeatStaleTrialCallback()(self.study, fresh))
         print(f"Optuna trial {t.number} of worker {worker or t.user_attrs.get('worker', '?')} stopped ({why}): "
               "failed, and queued again with the same values.", flush=True)
 
-    def _retry(self, call: Callable[[], Any]) -> Any:
+    def _storage_call(self, call: Callable[[], Any]) -> Any:
         """A storage call, retried on the errors a shared database or file can give for a moment."""
         for attempt in range(_RETRIES + 1):
             try:
@@ -465,11 +465,11 @@ class OptunaOracle(kt.Oracle):
     def _tell(self, asked: optuna.Trial, trial: kt.engine.trial.Trial, result: TrialResult | None) -> None:
         assert self.study is not None
         if trial.trial_id in self._pruned:
-            self._retry(lambda: self.study.tell(asked, state=TrialState.PRUNED))
+            self._storage_call(lambda: self.study.tell(asked, state=TrialState.PRUNED))
             return
         value = result.best.get(self.metric) if result else None
         if trial.status != TrialStatus.COMPLETED or value is None or not math.isfinite(value):
-            self._retry(lambda: self.study.tell(asked, state=TrialState.FAIL))
+            self._storage_call(lambda: self.study.tell(asked, state=TrialState.FAIL))
             return
         values = [value]
         if self.multi:
@@ -477,10 +477,10 @@ class OptunaOracle(kt.Oracle):
             second = result.best.get("latency_ms") if self.search.minimize == "latency_ms" else getattr(
                 result, str(self.search.minimize))
             if second is None:
-                self._retry(lambda: self.study.tell(asked, state=TrialState.FAIL))
+                self._storage_call(lambda: self.study.tell(asked, state=TrialState.FAIL))
                 return
             values.append(float(second))
-        self._retry(lambda: self.study.tell(asked, values))
+        self._storage_call(lambda: self.study.tell(asked, values))
 
 
 def counted(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:

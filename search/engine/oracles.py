@@ -6,7 +6,7 @@ from typing import Any
 
 import keras_tuner as kt
 
-from search import metrics
+from search import compat, metrics
 from search.declare import Search
 from search.engine.algorithms import ALGORITHMS, uses_optuna
 
@@ -27,6 +27,7 @@ def keras_tuner_seed(seed: int) -> int:
 
 def make_oracle(search: Search, seed: int) -> kt.Oracle:
     """The oracle for `search.algorithm`."""
+    compat.patch_keras_tuner()  # its oracles go through the patched HyperParameters
     common: dict[str, Any] = {
         "objective": objective(search),
         "max_retries_per_trial": 0,

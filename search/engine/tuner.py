@@ -263,7 +263,9 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             callbacks=[
                 _EpochHook(self.hooks, self.info, info),
                 *getattr(self.oracle, "keras_callbacks", lambda trial_id: [])(trial.trial_id),
+                *(self.space.callbacks_fn(trial.hyperparameters) or [] if self.space.callbacks_fn else []),
             ],
+            build_model=user_builder(self.space, trial.hyperparameters),
             verbose=self.verbose,
         )
         if trained.probabilities is None:
@@ -310,6 +312,14 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
                 self.folder.trial(best["trial_id"]).model.unlink(missing_ok=True)
         elif self.space.search.keep_models == "best" and result.model_path is not None:
             result.model_path.unlink(missing_ok=True)
+
+
+def user_builder(space: Space, hp: kt.HyperParameters) -> training.ModelBuilder | None:
+    """The space's own build_model as the trial function builds models, or None (backbone + head)."""
+    if space.build_fn is None:
+        return None
+    build_fn = space.build_fn
+    return lambda config, num_classes: build.build_user_model(build_fn, hp, config.image_size, num_classes)
 
 
 def _read_best(path: Path) -> dict[str, Any] | None:

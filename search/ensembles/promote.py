@@ -200,7 +200,8 @@ def _refit(saved: SavedSearch, promoted: Selection, gathered: study.Gathered, da
               f"({strategy.num_replicas_in_sync} replica(s))", flush=True)
         paths.append(refit_member(
             record, data, strategy, saved.folder.ensemble / "refit" / f"{member}.keras", epochs=epochs,
-            steps_per_epoch=saved.settings.get("steps_per_epoch"), seed=saved.seed + number, verbose=verbose,
+            steps_per_epoch=saved.settings.get("steps_per_epoch"), seed=saved.seed + number, space=saved.space,
+            verbose=verbose,
         ))
     return paths
 

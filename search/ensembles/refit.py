@@ -17,8 +17,10 @@ from search import metrics
 from search.data.dataset import TRAIN_VAL, ImageData
 from search.engine import trial as training
 from search.engine.memory import TrialMemory
+from search.engine.tuner import user_builder
 from search.hparams import TrialConfig
 from search.models import build
+from search.space import Space
 
 
 def refit_epochs(record: dict[str, Any], objective: str) -> int:
@@ -33,12 +35,17 @@ def refit_epochs(record: dict[str, Any], objective: str) -> int:
 
 
 def refit_member(record: dict[str, Any], data: ImageData, strategy: tf.distribute.Strategy, path: Path, *,
-                 epochs: int, steps_per_epoch: int | None, seed: int, verbose: int = 0) -> Path:
-    """Retrain a trial's configuration from scratch on train+val and save it to `path`."""
+                 epochs: int, steps_per_epoch: int | None, seed: int, space: Space | None = None,
+                 verbose: int = 0) -> Path:
+    """Retrain a trial's configuration from scratch on train+val and save it to `path`
+    (`space`: the space file, for a model of its own build_model)."""
     memory = TrialMemory()
+    builder = None
+    if space is not None and space.build_fn is not None:
+        builder = user_builder(space, space.hyperparameters_with(record.get("values") or {}))
     trained = training.train(
         TrialConfig.from_values(record["config"]), data, strategy, epochs=epochs, seed=seed, shuffle_seed=seed,
-        steps_per_epoch=steps_per_epoch, split=TRAIN_VAL, objective=None, verbose=verbose,
+        steps_per_epoch=steps_per_epoch, split=TRAIN_VAL, objective=None, build_model=builder, verbose=verbose,
     )
     build.save_for_serving(trained.model, path)
     del trained

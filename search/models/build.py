@@ -11,6 +11,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -288,7 +289,8 @@ def compile_model(model: keras.Model, config: TrialConfig, *, replicas: int = 1)
 def save_for_serving(model: keras.Model, path: str | os.PathLike[str]) -> Path:
     """Save `model` atomically without its optimizer: `.keras` files otherwise carry the
     optimizer's state (twice the weights for Adam), which serving and ensembles never use."""
-    serving = keras.Model(model.inputs, model.outputs, name=model.name) if model.optimizer is not None else model
+    compiled = getattr(model, "optimizer", None) is not None
+    serving = keras.Model(model.inputs, model.outputs, name=model.name) if compiled else model
     return atomic.write_with(path, serving.save)
 
 
@@ -305,3 +307,20 @@ def model_size_mb(path: str | os.PathLike[str]) -> float:
     else:
         total = path.stat().st_size
     return total / 2**20
+
+
+def build_user_model(build: Callable[..., Any], hp: Any, image_size: int, num_classes: int) -> keras.Model:
+    """A space's own `build_model(hp, inputs, num_classes)`, given raw (size, size, 3) pixels in
+    0..255; it returns a model or its output tensor, which must be (batch, num_classes)
+    probabilities. ModelError says what is wrong with what it returned."""
+    inputs = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
+    built = build(hp, inputs, num_classes)
+    if built is None:
+        raise ModelError("build_model(hp, inputs, num_classes) returned None. Did you forget to return the model "
+                         "(or its output tensor)?")
+    model = built if isinstance(built, keras.Model) else keras.Model(inputs, built, name="user_model")
+    shape = tuple(model.output_shape) if not isinstance(model.output_shape, list) else None
+    if shape is None or len(shape) != 2 or shape[-1] != num_classes:
+        raise ModelError(f"build_model must return one output of shape (batch, {num_classes}) (one probability "
+                         f"per class), got {model.output_shape}.")
+    return model

@@ -314,29 +314,18 @@ def read_record(folder: SpaceDir) -> dict[str, Any]:
     return record
 
 
-def space_name(space: str) -> str:
-    """The folder name of SPACE as the commands take it: a space file's `name` (else its
-    stem), or a space name as it is."""
-    path = Path(space)
-    if path.suffix == ".py" or path.is_file():
-        from search.space import load_space
-
-        return load_space(path).name
-    return space
-
-
 def locate(space: str, runs_dir: str | Path) -> SavedSearch:
     """The search of a space file or a space name under `runs_dir`; SearchError when it never ran."""
     runs = RunsDir(Path(runs_dir))
     loaded = None
     path = Path(space)
-    if path.suffix == ".py" or path.is_file():
+    if path.is_file():
         from search.space import load_space
 
         loaded = load_space(path)
         name = loaded.name
-    else:
-        name = space
+    else:  # a space name, or a space file since deleted: its results are under its stem
+        name = path.stem if path.suffix == ".py" else space
     folder = runs.space(name)
     if not folder.record.is_file():
         searched = runs.searched()

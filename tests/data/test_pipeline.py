@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from search import Data
-from search.data import open_data
+from search.data.dataset import open_data
 
 
 def one_pass(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +103,7 @@ def test_a_store_made_inside_a_strategy_scope_stays_one_copy_on_the_cpu(tmp_path
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import keras
         from search import Data
-        from search.data import open_data
+        from search.data.dataset import open_data
         data = open_data(Data("builtin:digits"), runs_dir={str(tmp_path)!r})
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         with strategy.scope():
@@ -132,7 +132,7 @@ def test_a_file_broken_after_opening_costs_its_batch_not_the_pass(digits_folders
 
 
 def test_images_too_big_for_memory_are_decoded_every_pass_with_a_warning(digits_folders, tmp_path, monkeypatch, caplog):
-    from search import pipeline
+    from search.data import pipeline
 
     root = tmp_path / "data"
     shutil.copytree(digits_folders, root)

@@ -12,9 +12,7 @@ import pytest
 
 from search.errors import ModelError
 from search.hparams import TrialConfig
-from search.models import (
-    BACKBONES,
-    PREPROCESSING,
+from search.models.build import (
     SparseCategoricalCrossentropyWithSmoothing,
     build_model,
     compile_model,
@@ -56,31 +54,6 @@ def built() -> dict[str, keras.Model]:
 
 
 # --- registry ---------------------------------------------------------------
-
-
-def test_registry_names_and_entries():
-    expected = (
-        ["Xception", "DenseNet121", "DenseNet169", "DenseNet201"]
-        + [f"EfficientNetB{i}" for i in range(8)]
-        + [f"EfficientNetV2{v}" for v in ("B0", "B1", "B2", "B3", "S", "M", "L")]
-        + ["ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2"]
-        + ["MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large"]
-        + [f"efficientnet.EfficientNetB{i}" for i in range(8)]
-    )
-    assert list(BACKBONES) == expected
-    for key, entry in BACKBONES.items():
-        assert entry.name == key
-        assert callable(entry.constructor)
-        assert entry.preprocessing in PREPROCESSING
-        assert entry.min_size >= 32 and entry.family
-        assert "imagenet" in entry.weights
-    assert BACKBONES["Xception"].min_size == 71
-    assert BACKBONES["efficientnet.EfficientNetB7"].weights == ("imagenet", "noisy-student")
-    assert {BACKBONES[n].preprocessing for n in ("ResNet50", "ResNet101", "ResNet152")} == {"caffe"}
-    # Every keras.applications entry names a real constructor, without building anything.
-    for entry in BACKBONES.values():
-        if not entry.name.startswith("efficientnet."):
-            assert callable(getattr(keras.applications, entry.name))
 
 
 def test_hparams_validation_uses_the_registry():
@@ -349,7 +322,7 @@ def test_compile_model_optimizer_and_first_rate(optimizer, schedule, expected_lr
 
 
 def test_fit_with_the_schedule_callback_logs_accuracy_and_rates(tmp_path):
-    from search.schedules import learning_rate_schedule
+    from search.models.schedules import learning_rate_schedule
 
     cfg = config(fine_tune="frozen", label_smoothing=0.1, head_width=16, schedule="warmup_exp", learning_rate=5e-5)
     model = build_model(cfg, CLASSES)

@@ -10,7 +10,7 @@ import pytest
 
 from search import Search
 from search.errors import SpaceError
-from search.tuner import make_oracle
+from search.engine.oracles import make_oracle
 
 from conftest import oracle_proposals
 

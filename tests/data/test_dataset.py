@@ -11,9 +11,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from search import Data, _builtin, _files
-from search.augment import POLICIES, RandomAffine, RandomRot90Transpose, affine_transforms, augmentation, warp
-from search.data import open_data
+from search import Data
+from search.data import builtin as _builtin, folders as _files
+from search.data.augment import POLICIES, RandomAffine, RandomRot90Transpose, affine_transforms, augmentation, warp
+from search.data.dataset import open_data
 from search.errors import DataError
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -13,9 +14,12 @@ import numpy as np
 import pytest
 
 from search import ensemble, predict
-from search.ensemble import build_ensemble_model, greedy_selection, top_k_average
-from search.saved import SavedSearch, locate
-from search.selection import accuracy, best_single, weighted_average
+from search.ensembles import promote as promotion
+from search.ensembles.model import build_ensemble_model
+from search.ensembles.selection import greedy_selection, top_k_average
+from search.runs.layout import RunsDir, SavedSearch, SpaceDir, locate
+from search.ensembles.selection import best_single, weighted_average
+from search.metrics import accuracy
 
 
 def one_hot_ish(labels: np.ndarray, predicted: np.ndarray, confidence: float, classes: int = 3) -> np.ndarray:
@@ -45,7 +49,7 @@ def test_greedy_finds_two_complementary_weak_models():
     greedy = greedy_selection(probabilities, labels)
     assert greedy.val_accuracy == 1.0
     assert {"a", "b"} <= set(greedy.members)
-    assert ensemble.beats(greedy, single)
+    assert promotion.beats(greedy, single)
 
 
 def test_greedy_keeps_the_best_single_model_when_nothing_helps():
@@ -57,7 +61,7 @@ def test_greedy_keeps_the_best_single_model_when_nothing_helps():
     }
     greedy = greedy_selection(probabilities, labels)
     assert greedy.members == ("strong",) and greedy.weights == (1,)
-    assert not ensemble.beats(top_k_average(probabilities, labels, 2), best_single(probabilities, labels))
+    assert not promotion.beats(top_k_average(probabilities, labels, 2), best_single(probabilities, labels))
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -107,14 +111,14 @@ def fake_search(tmp_path: Path, probabilities: dict[str, np.ndarray], labels: np
     np.save(space_dir / "val_labels.npy", labels)
     record = {"data": {"root": str(tmp_path / "gone")}, "seed": 0, "settings": {}}
     (space_dir / "search.json").write_text(json.dumps(record))
-    return SavedSearch("fake", space_dir, tmp_path / "runs", record, space=None)
+    return SavedSearch("fake", SpaceDir(space_dir), RunsDir(tmp_path / "runs"), record, space=None)
 
 
 def test_promote_keeps_the_best_single_trial_when_no_ensemble_beats_it(tmp_path):
     labels = np.arange(30) % 3
     probabilities = {"s": one_hot_ish(labels, labels, 0.99), "w": one_hot_ish(labels, (labels + 1) % 3, 0.6)}
     saved = fake_search(tmp_path, probabilities, labels)
-    summary = ensemble.promote(saved, track=False)
+    summary = promotion.promote(saved, track=False)
     assert summary["promoted"]["method"] == "best_single"
     assert "no ensemble beats it" in summary["reason"]
     champion = saved.space_dir / "champion.keras"
@@ -127,7 +131,7 @@ def test_promote_keeps_the_best_single_trial_when_no_ensemble_beats_it(tmp_path)
 def test_promote_saves_the_better_ensemble_as_one_model(tmp_path):
     probabilities, labels = complementary_pair()
     saved = fake_search(tmp_path, probabilities, labels)
-    summary = ensemble.promote(saved, track=False)
+    summary = promotion.promote(saved, track=False)
     promoted = summary["promoted"]
     assert promoted["method"] in ("greedy", "top_k") and promoted["val_accuracy"] == 1.0
     model = keras.models.load_model(saved.space_dir / "champion.keras")
@@ -142,7 +146,7 @@ def test_an_unreachable_tracking_server_only_warns(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     probabilities, labels = complementary_pair()
     saved = fake_search(tmp_path, probabilities, labels)
-    summary = ensemble.promote(saved)
+    summary = promotion.promote(saved)
     assert summary["mlflow"].startswith("warning: MLflow logging failed")
     assert (saved.space_dir / "champion.keras").is_file()
     assert capsys.readouterr().err.count("MLflow logging failed") == 1
@@ -160,7 +164,7 @@ def test_cli_reports_a_search_without_finished_trials_in_one_line(tmp_path, caps
 
 def test_ensemble_model_is_the_weighted_average_of_members_of_different_sizes(tmp_path):
     from search.hparams import TrialConfig
-    from search.models import build_model
+    from search.models.build import build_model
 
     paths, members, sizes = [], [], (32, 40)
     for i, size in enumerate(sizes):
@@ -185,29 +189,16 @@ def test_ensemble_model_is_the_weighted_average_of_members_of_different_sizes(tm
     np.testing.assert_allclose(predicted.sum(axis=1), 1.0, atol=1e-5)
 
 
-# End to end: real searches -------------------------------------------------------------
+# End to end: the shared real search (conftest.searched) ---------------------------------
 
-SPACE = Path(__file__).resolve().parents[1] / "spaces" / "digits.py"
-
-
-@pytest.fixture(scope="module")
-def digits_search(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 3-trial smoke search of the digits demo; search.run promotes the ensemble at its end."""
-    from search import run
-
-    runs = tmp_path_factory.mktemp("runs")
-    assert run.main([str(SPACE), "--smoke", "--max-trials", "3", "--runs-dir", str(runs), "--quiet"]) == 0
-    return runs
-
-
-@pytest.mark.slow
-def test_search_promotes_an_ensemble_no_worse_than_its_best_trial(digits_search):
-    summary = json.loads((digits_search / "digits" / "ensemble.json").read_text())
-    assert summary["finished_trials"] == 3
+def test_search_promotes_an_ensemble_no_worse_than_its_best_trial(searched):
+    summary = json.loads((searched.space_dir / "ensemble.json").read_text())
+    assert summary["finished_trials"] == 3 and summary["trials"] == ["0", "1", "2"]
     promoted, single = summary["promoted"], summary["candidates"]["best_single"]
     assert promoted["val_accuracy"] >= single["val_accuracy"]
+    assert {"val_f1", "val_top5_accuracy", "val_loss"} <= set(promoted)  # every metric, not only accuracy
 
-    saved = locate("digits", digits_search)
+    saved = locate("digits", searched.runs)
     data = saved.open_data()
     model = keras.models.load_model(saved.space_dir / "champion.keras")
     probabilities = {m: np.load(saved.space_dir / "trials" / m / "val_probabilities.npy") for m in promoted["members"]}
@@ -217,23 +208,22 @@ def test_search_promotes_an_ensemble_no_worse_than_its_best_trial(digits_search)
     assert accuracy(predicted, data.labels("val")) == pytest.approx(promoted["val_accuracy"])
 
 
-@pytest.mark.slow
-def test_the_promoted_model_is_registered_as_champion(digits_search):
+def test_the_promoted_model_is_registered_as_champion(searched):
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{digits_search.resolve().as_posix()}/mlflow.db")
-    summary = json.loads((digits_search / "digits" / "ensemble.json").read_text())
+    client = MlflowClient(searched.tracking_uri)
+    summary = json.loads((searched.space_dir / "ensemble.json").read_text())
     version = client.get_model_version_by_alias("digits-classifier", "champion")
     assert version.tags["method"] == summary["promoted"]["method"]
     assert float(version.tags["val_accuracy"]) == pytest.approx(summary["promoted"]["val_accuracy"])
+    assert version.tags["objective"] == "val_accuracy"
     run = client.get_run(version.run_id)
     assert run.data.params["members"] == ",".join(summary["promoted"]["members"])
 
 
-@pytest.mark.slow
-def test_predict_a_folder_of_images_writes_file_label_probability(digits_search, digits_folders, tmp_path):
+def test_predict_a_folder_of_images_writes_file_label_probability(searched, digits_folders, tmp_path):
     out = tmp_path / "predictions.csv"
-    assert predict.main(["digits", "--runs-dir", str(digits_search), "--images", str(digits_folders / "3"),
+    assert predict.main(["digits", "--runs-dir", str(searched.runs), "--images", str(digits_folders / "3"),
                          "--out", str(out)]) == 0
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["file", "label", "probability"]
@@ -241,16 +231,10 @@ def test_predict_a_folder_of_images_writes_file_label_probability(digits_search,
     assert all(r[1] in [str(i) for i in range(10)] and 0.0 < float(r[2]) <= 1.0 for r in rows[1:])
 
 
-@pytest.mark.slow
-def test_smoke_search_then_predict_writes_a_kaggle_submission(digits_tfrecords, tmp_path, monkeypatch):
-    from search import run
-
+def test_predict_kaggle_test_records_writes_a_submission(searched, digits_tfrecords, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    runs = tmp_path / "runs"
-    assert run.main([str(SPACE), "--smoke", "--data", str(digits_tfrecords), "--runs-dir", str(runs), "--quiet"]) == 0
-    assert (runs / "digits" / "champion.keras").is_file()
     # The whole Kaggle-style folder: only its test records (image + id) are predicted.
-    assert predict.main(["digits", "--runs-dir", str(runs), "--images", str(digits_tfrecords)]) == 0
+    assert predict.main(["digits", "--runs-dir", str(searched.runs), "--images", str(digits_tfrecords)]) == 0
     lines = (tmp_path / "submission.csv").read_text().splitlines()
     assert lines[0] == "id,label"
     ids = [line.split(",")[0] for line in lines[1:]]
@@ -258,32 +242,24 @@ def test_smoke_search_then_predict_writes_a_kaggle_submission(digits_tfrecords, 
     assert all(0 <= int(line.split(",")[1]) < 10 for line in lines[1:])
 
 
-@pytest.mark.slow
+# Refit, through the one trial function -------------------------------------------------------
+
 def test_refit_on_train_val_scored_on_a_labelled_test_split(tmp_path, capsys):
     from PIL import Image
 
     from search import run
-    from conftest import digit_images
+    from conftest import TINY, digit_images
 
     root = tmp_path / "digits"
     for n, (label, index, image) in enumerate(digit_images(per_class=12)):
         split = ("train", "train", "train", "train", "val", "test")[n % 6]
         (root / split / str(label)).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(root / split / str(label) / f"{index:04d}.png")
-    space = tmp_path / "tiny.py"
-    space.write_text(textwrap.dedent(f"""
-        from search import Data, Search
-        data = Data({str(root)!r})
-        search = Search(max_trials=2, epochs=1)
-        def hyperparameters(hp):
-            hp.Choice("backbone", ["MobileNet"])
-            hp.Choice("head_width", [16, 32])
-    """))
     runs = tmp_path / "runs"
-    args = [str(space), "--smoke", "--runs-dir", str(runs), "--quiet"]
-    assert run.main([*args, "--no-ensemble"]) == 0
+    args = [str(TINY), "--data", str(root), "--max-trials", "2", "--runs-dir", str(runs), "--quiet"]
+    assert run.main([*args, "--no-ensemble", "--no-tracking"]) == 0
     assert not (runs / "tiny" / "ensemble.json").exists()
-    assert ensemble.main([str(space), "--runs-dir", str(runs), "--refit", "--method", "top-k", "--no-tracking",
+    assert ensemble.main([str(TINY), "--runs-dir", str(runs), "--refit", "--method", "top-k", "--no-tracking",
                           "--quiet"]) == 0
     summary = json.loads((runs / "tiny" / "ensemble.json").read_text())
     assert summary["refit"] is True
@@ -294,3 +270,54 @@ def test_refit_on_train_val_scored_on_a_labelled_test_split(tmp_path, capsys):
     assert "cannot be measured honestly" in capsys.readouterr().out
     for member in summary["promoted"]["members"]:
         assert (runs / "tiny" / "ensemble" / "refit" / f"{member}.keras").is_file()
+
+
+def test_refit_trains_under_the_strategy_with_the_global_batch_on_train_and_val_shuffled(tmp_path, digits_folders):
+    """Two logical CPU devices and MirroredStrategy, as a refit on several GPUs or a TPU runs."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import REPO, TINY
+
+    script = textwrap.dedent(f"""
+        import json, sys
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from search.data import dataset as datasets
+        from search.engine import runner
+        from search.ensembles import promote
+        from search.space import load_space
+        from search.runs.layout import locate
+
+        space = load_space({str(TINY)!r}, data_path={str(digits_folders)!r}, max_trials=2)
+        runner.run_search(space, runs_dir=__import__("pathlib").Path({str(tmp_path)!r}), verbose=0, tracking=False)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        promote.detect = lambda: strategy
+        asked = []
+        real = datasets.ImageData.dataset
+        def spy(self, split, image_size, batch_size, **kw):
+            asked.append((split, batch_size, kw.get("shuffle", False)))
+            return real(self, split, image_size, batch_size, **kw)
+        datasets.ImageData.dataset = spy
+        import keras
+        fitted = []
+        real_fit = keras.Model.fit
+        def fit(self, *a, **kw):
+            fitted.append(type(self.distribute_strategy).__name__)
+            return real_fit(self, *a, **kw)
+        keras.Model.fit = fit
+        promote.promote(locate("tiny", {str(tmp_path)!r}), refit=True, track=False, method="top_k")
+        print(json.dumps({{"asked": asked, "fitted": fitted}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    refits = [a for a in found["asked"] if a[0] == "train+val"]
+    record = json.loads((tmp_path / "tiny" / "trials" / "0" / "result.json").read_text())
+    assert refits and all(shuffle for _, _, shuffle in refits)
+    # The global batch: the trial's per-replica batch times the two replicas.
+    assert {batch for _, batch, _ in refits} <= {8 * 2, 16 * 2} and record["config"]["batch_size"] in (8, 16)
+    assert found["fitted"] == ["MirroredStrategy", "MirroredStrategy"]

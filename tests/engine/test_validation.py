@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 from sklearn.datasets import load_digits
 
-from search.models import SparseCategoricalCrossentropyWithSmoothing
-from search.validation import ValidationPass
+from search.models.build import SparseCategoricalCrossentropyWithSmoothing
+from search.engine.validation import ValidationPass
 
 
 def _digits() -> tuple[tf.data.Dataset, tf.data.Dataset, np.ndarray]:

@@ -7,19 +7,19 @@ import json
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from tracking_fakes import result, search_info, trial
+from fakes import RecordWriter, result, search_info, trial
 
-from search import report, tracking
-from search.hooks import COMPLETED, FAILED
-from search.results import ResultsWriter
-from search.tracking_config import TrackingConfig
+from search import report
+from search.tracking import tracker as tracking
+from search.engine.hooks import COMPLETED, FAILED
+from search.tracking.config import TrackingConfig
 
 
 def fake_search(runs_dir, tracker=None):
     """Four trials: three completed at different sizes, one failed; optionally tracked."""
     search = search_info(runs_dir)
     (search.space_dir / "search.json").write_text(json.dumps({"settings": search.settings}))
-    hooks = [ResultsWriter(), *([tracker] if tracker else [])]
+    hooks = [RecordWriter(), *([tracker] if tracker else [])]
     for hook in hooks:
         hook.on_search_begin(search)
     for number, backbone, accuracy, params, status in (
@@ -59,11 +59,12 @@ def test_report_takes_a_space_file_path_and_logs_to_the_parent_run(tmp_path, mon
     client = MlflowClient(uri)
     parent = json.loads((tmp_path / "fake" / "mlflow.json").read_text())["run_id"]
     logged = {a.path for a in client.list_artifacts(parent, "report")}
-    assert logged == {"report/leaderboard.csv", "report/size_vs_accuracy.png"}
+    assert {"report/leaderboard.csv", "report/size_vs_accuracy.png", "report/importance.csv",
+            "report/importance.png"} == logged
 
 
 def test_a_space_never_run_is_one_line_error(tmp_path, capsys):
     assert report.main(["spaces/celeb.py", "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: no finished trials for space 'celeb'") and "Traceback" not in err
+    assert err.startswith("error: no search of 'celeb'") and "Traceback" not in err
     assert f"python -m search.run spaces/celeb.py --runs-dir {tmp_path}" in err

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import gc
 import weakref
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework import ops
 
-from search import run
-from search.memory import TrialMemory
+from conftest import TINY
+
+from search import compat
+from search.engine.memory import TrialMemory
+from search.engine.runner import run_search
 from search.space import load_space
-
-DIGITS = str(Path(__file__).resolve().parents[1] / "spaces" / "digits.py")
 
 
 def _custom_gradients() -> set[str]:
-    return {name for name in ops._gradient_registry._registry if name.startswith("CustomGradient-")}
+    return {name for name in compat.gradient_registry() or () if name.startswith(compat.CUSTOM_GRADIENT_PREFIX)}
 
 
 def _trace_a_train_step() -> weakref.ref:
@@ -62,10 +61,11 @@ def test_release_keeps_what_was_registered_before_the_trial():
     assert not _custom_gradients() - outer._before
 
 
-def test_a_search_leaves_no_trial_graph_behind(tmp_path):
+def test_a_search_leaves_no_trial_graph_behind(tmp_path, digits_folders):
     # Each traced training step used to pin its whole graph (150-200 MB for a MobileNetV2)
     # in TensorFlow's gradient registry until the process ended.
     before = _custom_gradients()
-    outcome = run.run_search(load_space(DIGITS, smoke=True), runs_dir=tmp_path, verbose=0, tracking=False)
+    outcome = run_search(load_space(TINY, data_path=str(digits_folders), max_trials=2), runs_dir=tmp_path, verbose=0,
+                         tracking=False)
     assert outcome.status == "COMPLETED"
     assert _custom_gradients() == before

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from tracking_fakes import result, search_info, trial
+from conftest import REPO, TINY
+from fakes import result, search_info, trial
 
-from search import run, tracking
+from search import run
+from search.tracking import tracker as tracking
 from search.errors import SearchError
-from search.hooks import COMPLETED, FAILED, KILLED, PRUNED
-from search.tracking_config import TrackingConfig, load_config
+from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED
+from search.tracking.config import TrackingConfig, load_config
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 RUN_STATUS = {0: "FINISHED", 1: "FAILED", 130: "KILLED"}
@@ -28,45 +30,42 @@ def runs_of(client: MlflowClient) -> tuple[list, list]:
             [r for r in every if "mlflow.parentRunId" in r.data.tags])
 
 
-def smoke(runs_dir: Path, data: Path, *extra: str) -> int:
-    return run.main(["spaces/digits.py", "--smoke", "--quiet", "--no-ensemble", "--data", str(data),
-                     "--runs-dir", str(runs_dir), *extra])
+def tiny(runs_dir: Path, data: Path, *extra: str) -> int:
+    return run.main([str(TINY), "--quiet", "--no-ensemble", "--data", str(data), "--runs-dir", str(runs_dir), *extra])
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tracked")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/store/mlflow.db")
-        yield root, MlflowClient(f"sqlite:///{root}/store/mlflow.db"), mp
-
-
-@pytest.fixture(scope="module")
-def first(store, digits_folders):
-    root, client, _ = store
-    code = smoke(root, digits_folders)
+def first(searched):
+    """The shared real search (conftest.searched): 3 trials tracked, the champion promoted."""
+    client = MlflowClient(searched.tracking_uri)
     parents, trials = runs_of(client)
-    return code, parents, trials, root / "digits"
+    trials = [t for t in trials if "trial_id" in t.data.tags]
+    return searched.code, parents, trials, searched.space_dir, client
 
 
 @pytest.fixture(scope="module")
-def resumed(first, store, digits_folders):
-    root, client, _ = store
-    code = smoke(root, digits_folders, "--max-trials", "3")
-    return code, *runs_of(client)
+def resumed(tmp_path_factory, digits_folders):
+    """A tiny search of 2 trials, then resumed to 3, on one store."""
+    root = tmp_path_factory.mktemp("resumed")
+    uri = f"sqlite:///{root}/store/mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        tiny(root, digits_folders, "--max-trials", "2")
+        before = runs_of(MlflowClient(uri))
+        code = tiny(root, digits_folders, "--max-trials", "3")
+    return before, code, *runs_of(MlflowClient(uri))
 
 
 def test_one_parent_run_and_one_nested_run_per_trial(first):
-    code, parents, trials, space_dir = first
-    assert len(parents) == 1 and len(trials) == 2
+    code, parents, trials, space_dir, _ = first
+    assert len(parents) == 1 and len(trials) == 3
     assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {parents[0].info.run_id}
     assert parents[0].info.status == RUN_STATUS[code]
     assert json.loads((space_dir / "mlflow.json").read_text())["run_id"] == parents[0].info.run_id
 
 
-def test_parent_run_identifies_the_search(first, store):
-    _, parents, _, space_dir = first
-    _, client, _ = store
+def test_parent_run_identifies_the_search(first):
+    _, parents, _, space_dir, client = first
     tags = parents[0].data.tags
     for name in ("space_sha256", "git_commit", "data.classes", "data.counts", "data.content_hash",
                  "version.mlflow", "version.keras", "strategy", "replicas", "search.max_trials"):
@@ -75,9 +74,8 @@ def test_parent_run_identifies_the_search(first, store):
     assert [a.path for a in client.list_artifacts(parents[0].info.run_id, "space")] == ["space/digits.py"]
 
 
-def test_each_trial_run_has_params_metric_history_artifacts_and_status(first, store):
-    _, _, trials, space_dir = first
-    _, client, _ = store
+def test_each_trial_run_has_params_metric_history_artifacts_and_status(first):
+    _, _, trials, space_dir, client = first
     for trial_run in trials:
         record = json.loads((space_dir / "trials" / trial_run.data.tags["trial_id"] / "result.json").read_text())
         params = trial_run.data.params
@@ -94,22 +92,27 @@ def test_each_trial_run_has_params_metric_history_artifacts_and_status(first, st
         assert plots == {"plots/learning_curves.png", "plots/lr_schedule.png", "plots/confusion_matrix.png"}
         assert trial_run.data.tags["status"] == record["status"]
         assert trial_run.info.status == tracking.RUN_STATUS[record["status"]]
+        # What another machine needs to use the trial in the study's ensemble and report.
+        files = {a.path for a in client.list_artifacts(trial_run.info.run_id, "trial")}
+        assert files == {"trial/result.json", "trial/val_probabilities.npy", "trial/model.keras", "trial/val_labels.npy"}
+        assert trial_run.data.tags["val_labels_digest"] == tracking.labels_digest(space_dir / "val_labels.npy")
+        assert {"val_f1", "val_top5_accuracy", "val_class_accuracy_000", "best_val_f1"} <= set(metrics)
 
 
-def test_best_trial_model_is_logged_not_registered(first, store):
-    code, _, trials, space_dir = first
-    _, client, _ = store
+def test_best_trial_model_is_logged_and_only_the_promoted_one_registered(first):
+    code, _, trials, space_dir, client = first
     best_id = json.loads((space_dir / "best.json").read_text())["trial_id"]
     with_model = [t.data.tags["trial_id"] for t in trials
                   if client.get_run(t.info.run_id).outputs.model_outputs]
     assert with_model == [best_id]
-    # The registry holds promoted models only (search.ensemble registers them).
-    assert client.search_model_versions("name='digits-classifier'") == []
+    # The registry holds promoted models only (search.ensemble registers them), not trials'.
+    (version,) = client.search_model_versions("name='digits-classifier'")
+    assert client.get_run(version.run_id).data.tags["kind"] == "ensemble"
 
 
-def test_rerun_adds_trials_under_the_same_parent(first, resumed):
-    _, parents_before, _, _ = first
-    code, parents, trials = resumed
+def test_rerun_adds_trials_under_the_same_parent(resumed):
+    (parents_before, trials_before), code, parents, trials = resumed
+    assert len(trials_before) == 2
     assert [p.info.run_id for p in parents] == [parents_before[0].info.run_id]
     assert len(trials) == 3
     assert parents[0].info.status == RUN_STATUS[code]
@@ -118,12 +121,12 @@ def test_rerun_adds_trials_under_the_same_parent(first, resumed):
 def test_unreachable_server_warns_once_and_the_search_finishes(tmp_path, digits_folders, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     started = time.monotonic()
-    code = smoke(tmp_path, digits_folders, "--max-trials", "1")
+    code = tiny(tmp_path, digits_folders, "--max-trials", "1")
     err = capsys.readouterr().err
-    assert code in (0, 1)
-    assert (tmp_path / "digits" / "trials.csv").exists()
+    assert code == 0
+    assert (tmp_path / "tiny" / "trials.csv").exists()
     assert err.count("MLflow tracking is off") == 1 and "cannot reach the tracking server" in err
-    assert not (tmp_path / "digits" / "mlflow.json").exists()
+    assert not (tmp_path / "tiny" / "mlflow.json").exists()
     assert time.monotonic() - started < 120
 
 
@@ -150,6 +153,8 @@ def test_statuses_killed_failed_pruned_and_stale_runs(begun):
         ended[info.trial_id] = status
     tracker.on_trial_begin(search, trial(search, 5))  # a trial the process dies in
     assert tracker.enabled
+    tracker._beating.set()
+    tracking._OPEN.clear()  # as if this process were gone: nothing here holds its runs open any more
     # A new start of the same search: same parent, the dead trial's run is marked KILLED.
     again = tracking.MlflowTracker(TrackingConfig(log_models="none"))
     again.on_search_begin(search)
@@ -196,21 +201,55 @@ def test_config_rejects_unknown_keys_and_env_overrides_uri(tmp_path, monkeypatch
     with pytest.raises(SearchError, match="best, all or none"):
         load_config(config)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
-    from search.tracking_config import tracking_uri
+    from search.tracking.config import tracking_uri
 
     assert tracking_uri(TrackingConfig(), tmp_path, "x") == "http://tracking.example:5000"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert tracking_uri(TrackingConfig(), tmp_path, "x") == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
 
 
-def test_only_runs_of_dead_local_workers_count_as_stale():
-    import socket
+def test_a_run_of_a_dead_process_is_killed_at_once_and_one_elsewhere_by_age(begun):
     import subprocess
 
-    here = socket.gethostname()
+    from search.runs import workers
+
+    client, search, tracker = begun
     gone = subprocess.Popen(["true"])
     gone.wait()
-    assert not tracking._worker_alive(f"{here}:{gone.pid}")
-    assert not tracking._worker_alive(None)  # runs from before workers were tagged
-    assert tracking._worker_alive(f"{here}:{os.getppid()}")  # a live process of this machine
-    assert tracking._worker_alive("another-machine:12345")  # cannot tell: leave it alone
+    me = workers.this_worker()
+    dead = workers.Worker(me.host, gone.pid, "", me.namespace, "dead")
+    elsewhere = workers.Worker("another-machine", 1, "", "other-namespace", "far")
+    runs = {}
+    for name, worker, beat in (("dead", dead, time.time()), ("far-and-silent", elsewhere, time.time() - 7200),
+                               ("far-and-beating", elsewhere, time.time())):
+        run_id = client.create_run(tracker.experiment_id, run_name=name, tags={
+            "mlflow.parentRunId": tracker.parent_id, "trial_id": name, "worker": json.dumps(worker.record()),
+            "heartbeat": f"{beat:.0f}"}).info.run_id
+        runs[name] = run_id
+    tracking.MlflowTracker(TrackingConfig(log_models="none")).on_search_begin(search)
+    statuses = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
+    assert statuses == {"dead": "KILLED", "far-and-silent": "KILLED", "far-and-beating": "RUNNING"}
+
+
+def test_three_trackers_starting_at_once_on_a_fresh_store_all_track(tmp_path):
+    """MLflow's first use of a SQLite file migrates its schema; three processes doing it at the
+    same instant raced ("duplicate column name") and the losers silently stopped tracking."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.path.insert(0, 'tests');"
+        "from pathlib import Path; from fakes import search_info; from search.tracking import tracker;"
+        "from search.tracking.config import TrackingConfig;"
+        "t = tracker.MlflowTracker(TrackingConfig(log_models='none'));"
+        f"t.on_search_begin(search_info(Path({str(tmp_path)!r}) / sys.argv[1], 'fake'));"
+        "print('enabled' if t.enabled else 'disabled', t.experiment_id)"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONPATH": str(REPO)}
+    workers = [subprocess.Popen([sys.executable, "-c", script, f"w{i}"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for i in range(3)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0], [o[1][-1500:] for o in outputs]
+    lines = [o[0].split()[-2:] for o in outputs]
+    assert [state for state, _ in lines] == ["enabled"] * 3, outputs
+    assert len({experiment for _, experiment in lines}) == 1  # one experiment, created once

@@ -5,7 +5,8 @@ import math
 import pytest
 
 from search.hparams import TrialConfig
-from search.schedules import learning_rate_schedule, plot_schedule, step, warmup_exp
+from search.models.schedules import SCHEDULES, learning_rate_schedule, step, warmup_exp
+from search.results.plots import schedule as plot_schedule
 
 
 def report_lrfn(epoch: int, replicas: int = 1) -> float:
@@ -108,3 +109,25 @@ def test_plot_writes_png(tmp_path):
     assert out == tmp_path / "plots" / "lr.png"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_size > 1000
+
+
+def test_every_schedule_in_the_registry_makes_a_positive_rate_for_each_epoch():
+    for name in SCHEDULES:
+        fn = learning_rate_schedule(config(name, 1e-3), epochs=12, replicas=2)
+        rates = [fn(epoch) for epoch in range(12)]
+        assert all(rate > 0 for rate in rates[:-1]), name
+        assert SCHEDULES[name].description
+
+
+def test_an_unknown_schedule_names_the_registry():
+    from search.errors import SearchError
+
+    with pytest.raises(SearchError, match="Did you mean 'cosine'"):
+        learning_rate_schedule(_Config("cosin"), epochs=3)
+
+
+class _Config:
+    """A config that skips TrialConfig's own check, to reach the schedule's."""
+
+    def __init__(self, schedule: str):
+        self.schedule, self.learning_rate = schedule, 1e-3

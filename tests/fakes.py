@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from search.hooks import COMPLETED, SearchInfo, TrialInfo, TrialResult
+from search.engine.hooks import COMPLETED, SearchHooks, SearchInfo, TrialInfo, TrialResult
 from search.hparams import TrialConfig
+from search.results import records
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "dog", "fox"]
@@ -50,3 +51,11 @@ def result(info: TrialInfo, status: str = COMPLETED, accuracy: float = 0.5, para
         val_probabilities_path=info.dir / "val_probabilities.npy" if done else None, train_images=24,
         error=None if done else f"{status.lower()} on purpose",
     )
+
+
+class RecordWriter(SearchHooks):
+    """Writes each trial's record and trials.csv as the tuner does, for searches without training."""
+
+    def on_trial_end(self, search: SearchInfo, trial: TrialInfo, result: TrialResult) -> None:
+        records.write_record(trial, result)
+        records.write_trials_csv(search.space_dir)

@@ -8,9 +8,9 @@ import keras
 import pytest
 import tensorflow as tf
 
-from search import strategy as strategy_module
+from search.engine import strategy as strategy_module
 from search.errors import SearchError
-from search.strategy import describe, detect, replicas, set_mixed_precision
+from search.engine.strategy import describe, detect, replicas, set_mixed_precision
 
 
 @pytest.fixture

@@ -1,0 +1,37 @@
+"""Secrets never reach the console, a file or a tag: every URL form a storage or a server takes."""
+
+from __future__ import annotations
+
+import pytest
+
+from search.declare import Search
+from search.engine.runner import recorded_settings
+from search.redaction import redact, redact_all
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("postgresql://optuna:s3cret@db-host:5432/optuna", "postgresql://optuna:***@db-host:5432/optuna"),
+    ("postgresql+psycopg2://u:p%40ss@h/db", "postgresql+psycopg2://u:***@h/db"),
+    ("postgresql://u@h/db?sslmode=require&password=s3cret", "postgresql://u@h/db?sslmode=require&password=***"),
+    ("mysql+pymysql://root:s3cret@localhost/optuna", "mysql+pymysql://root:***@localhost/optuna"),
+    ("host=db password=s3cret dbname=optuna", "host=db password=*** dbname=optuna"),
+    ("https://user:tok3n@mlflow.example:5000", "https://user:***@mlflow.example:5000"),
+    ("http://mlflow:5000/?token=s3cret", "http://mlflow:5000/?token=***"),
+    ("could not connect to postgresql://a:s3cret@c/d: timeout", "could not connect to postgresql://a:***@c/d: timeout"),
+])
+def test_every_form_of_secret_is_redacted(text, shown):
+    assert redact(text) == shown
+    assert "s3cret" not in redact(text) and "tok3n" not in redact(text)
+
+
+@pytest.mark.parametrize("text", ["runs/x/optuna.journal", "sqlite:///runs/mlflow.db", "http://127.0.0.1:5000",
+                                  "key_file=id.pem", "monkey=1"])
+def test_text_without_secrets_is_left_alone(text):
+    assert redact(text) == text
+
+
+def test_the_recorded_settings_keep_no_password_but_the_search_still_connects():
+    search = Search(algorithm="tpe", options={"storage": "postgresql://optuna:s3cret@db-host:5432/optuna"})
+    assert recorded_settings(search)["options"]["storage"] == "postgresql://optuna:***@db-host:5432/optuna"
+    assert search.options["storage"].endswith("s3cret@db-host:5432/optuna")
+    assert redact_all({"a": ["x://u:s3cret@h"], "b": 1}) == {"a": ["x://u:***@h"], "b": 1}
