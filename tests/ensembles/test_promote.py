@@ -276,7 +276,6 @@ def test_refit_trains_under_the_strategy_with_the_global_batch_on_train_and_val_
     """Two logical CPU devices and MirroredStrategy, as a refit on several GPUs or a TPU runs."""
     import subprocess
     import sys
-    import textwrap
 
     from conftest import REPO, TINY
 
