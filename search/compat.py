@@ -68,8 +68,19 @@ def patch_keras_tuner() -> None:
 
 def requeued_trials(oracle: Any) -> list[str]:
     """The trials a reloaded Keras Tuner oracle will run again: those that were running when
-    its process stopped (`Oracle.reload` moves them to the private `_retry_queue`)."""
-    return list(oracle._retry_queue)
+    its process stopped (`Oracle.reload` moves them to the private `_retry_queue`).
+
+    A process killed inside `Oracle.create_trial`, after the new trial's trial.json and
+    before oracle.json, leaves a RUNNING trial that oracle.json does not know: `reload` loads
+    it into `trials` but queues nothing, so it would hold a slot of max_trials and never
+    run. Such trials are queued here too."""
+    queued = list(oracle._retry_queue)
+    ongoing = {t.trial_id for t in oracle.ongoing_trials.values()}
+    for trial_id, trial in sorted(oracle.trials.items()):
+        if trial.status == "RUNNING" and trial_id not in queued and trial_id not in ongoing:
+            oracle._retry_queue.append(trial_id)
+            queued.append(trial_id)
+    return queued
 
 
 def drop_requeued(oracle: Any, trial_id: str) -> None:

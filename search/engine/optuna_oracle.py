@@ -210,6 +210,8 @@ class OptunaOracle(kt.Oracle):
         self.study: optuna.Study | None = None
         self.folder: SpaceDir | None = None
         self.recovered: list[int] = []  # study trials told their recorded result on this start
+        # Set by the tuner: reports a trial told from its record (it reached no hook before).
+        self.on_recovered: Callable[[dict[str, Any]], None] = lambda record: None
         self._asked: dict[str, optuna.Trial] = {}
         self._pruned: set[str] = set()
         self._results: dict[str, TrialResult] = {}
@@ -372,6 +374,7 @@ class OptunaOracle(kt.Oracle):
                 values=values, params=trial.params, distributions=trial.distributions, user_attrs=trial.user_attrs,
                 system_attrs={"recovers": trial.number})))
         self.recovered.append(trial.number)
+        self.on_recovered(record)
         print(f"Optuna trial {trial.number} had ended ({record['status']}) when its worker stopped; told its "
               "recorded result instead of running it again.", flush=True)
 

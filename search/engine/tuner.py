@@ -104,6 +104,8 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         self.last_error: str | None = None
         self.failures: list[str] = []  # this process's failed trials' errors
         self._current: TrialInfo | None = None
+        if hasattr(oracle, "on_recovered"):  # Optuna: trials of dead workers told from their records
+            oracle.on_recovered = self._publish_recorded
         super().__init__(
             oracle=oracle,
             hypermodel=_SpaceHyperModel(space),
@@ -133,6 +135,8 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         killed after writing a trial's record (step 2) and before telling the oracle
         (step 3). Returns the ids told."""
         told = []
+        if hasattr(self.oracle, "trial_number"):
+            return told  # Optuna: the study reconciles (OptunaOracle.reap)
         for trial_id in compat.requeued_trials(self.oracle):
             record = records.read_record(self.folder.trial(trial_id))
             if record is None or record["status"] not in (COMPLETED, PRUNED, FAILED):
@@ -151,17 +155,28 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             except RuntimeError:
                 pass  # "consecutive failures": counted again when the next trial ends
             told.append(trial_id)
+            self._publish_recorded(record)
         if told:
             self.save()
         return told
 
+    def _publish_recorded(self, record: dict[str, Any]) -> None:
+        """Report a trial that an earlier process recorded but did not report (steps 4)."""
+        values = dict(record.get("values") or {})
+        info = TrialInfo(
+            trial_id=record["trial_id"], number=int(record.get("number") or 0), total=self.space.search.max_trials,
+            values=values, config=self.space.trial_config(values), dir=self.trial_dir(record["trial_id"]),
+            epochs=len(next(iter((record.get("history") or {}).values()), [])) or self.space.search.epochs,
+        )
+        self._publish(info, records.result_of(record))
+
     # Keras Tuner's hooks -----------------------------------------------------------------
     def on_search_begin(self) -> None:
+        self.hooks.on_search_begin(self.info)
         told = self.reconcile()
         if told:
             print(f"Resuming: trial(s) {', '.join(told)} had ended before the process stopped; their records "
                   "are kept, not run again.", flush=True)
-        self.hooks.on_search_begin(self.info)
 
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         self._memory.begin()

@@ -57,6 +57,20 @@ def trial_record(trial: TrialInfo, result: TrialResult) -> dict[str, Any]:
     }
 
 
+def result_of(record: dict[str, Any]) -> TrialResult:
+    """The TrialResult a record was written from (to report a trial ended by an earlier process)."""
+    def path(key: str) -> Path | None:
+        return Path(record[key]) if record.get(key) else None
+
+    return TrialResult(
+        status=record["status"], history={k: [x for x in v if x is not None] for k, v in record.get("history", {}).items()},
+        epochs_run=int(record.get("epochs_run") or 0), seconds=float(record.get("seconds") or 0.0),
+        best={k: v for k, v in (record.get("best") or {}).items() if v is not None}, params=record.get("params"),
+        size_mb=record.get("size_mb"), model_path=path("model_path"), val_probabilities_path=path("val_probabilities_path"),
+        error=record.get("error"),
+    )
+
+
 def write_record(trial: TrialInfo, result: TrialResult) -> Path:
     return atomic.write_json(TrialDir(trial.dir).record, trial_record(trial, result))
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from search.engine.algorithms import uses_optuna
+from search.hparams import TrialConfig
 from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED, SearchHooks, SearchInfo, TrialInfo, TrialResult
 from search.models.schedules import learning_rate_schedule
 from search.redaction import redact
@@ -98,6 +99,7 @@ class MlflowTracker(SearchHooks):
         self.client: Any = None
         self._space_dir = Path(".")
         self._runs: dict[str, str] = {}  # trial_id -> open run id
+        self._ended: set[str] = set()  # trial ids with an ended run under this search's run
         self._pending: dict[str, list[Any]] = {}  # run id -> metrics not flushed yet
         self._flushed = time.monotonic()
         # Trial plots and artifacts are logged here while the next trial trains: drawing three
@@ -128,6 +130,7 @@ class MlflowTracker(SearchHooks):
         self._kill_stale()
         self.parent_id = self._parent(search)
         self.client.log_batch(self.parent_id, tags=self._tags(search_tags(search)))
+        self._log_unreported(search)
         self.client.log_artifact(self.parent_id, str(search.space_path), "space")
         atomic.write_json(SpaceDir(search.space_dir).mlflow_record, {
             "tracking_uri": redact(self.uri), "experiment_id": self.experiment_id, "run_id": self.parent_id})
@@ -169,6 +172,27 @@ class MlflowTracker(SearchHooks):
                 continue
             self.client.set_tag(run.info.run_id, "status", KILLED)
             self.client.set_terminated(run.info.run_id, "KILLED")
+
+    def _log_unreported(self, search: SearchInfo) -> None:
+        """Log the trials this folder recorded whose process died before it logged them (a kill
+        between a trial's record and its hooks): each ended trial gets exactly one ended run."""
+        from search.results.records import load_records, result_of
+
+        logged = self.client.search_runs(
+            [self.experiment_id], max_results=5000,
+            filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}' and tags.trial_id != ''")
+        self._ended = {r.data.tags["trial_id"] for r in logged if r.info.status in ("FINISHED", "FAILED")}
+        running = {r.data.tags["trial_id"] for r in logged if r.info.status == "RUNNING"}  # alive: they end them
+        for record in load_records(search.space_dir):
+            trial_id = record["trial_id"]
+            if record["status"] not in (COMPLETED, PRUNED, FAILED) or trial_id in self._ended or trial_id in running:
+                continue
+            values = dict(record.get("values") or {})
+            info = TrialInfo(trial_id=trial_id, number=int(record.get("number") or 0), total=0, values=values,
+                             config=TrialConfig.from_values(record.get("config") or {}),
+                             dir=SpaceDir(search.space_dir).trial(trial_id).path,
+                             epochs=int(record.get("epochs_run") or 1))
+            self.on_trial_end(search, info, result_of(record))
 
     def _beat(self) -> None:
         while not self._beating.wait(HEARTBEAT_SECONDS):
@@ -244,10 +268,13 @@ class MlflowTracker(SearchHooks):
     def on_trial_end(self, search: SearchInfo, trial: TrialInfo, result: TrialResult) -> None:
         from mlflow.entities import Metric
 
+        if trial.trial_id in self._ended and trial.trial_id not in self._runs:
+            return  # logged already (by this start, or an earlier one)
         # Forgotten only once ended: a Ctrl-C landing in here leaves it to on_search_end.
-        run_id = self._runs.get(trial.trial_id)
-        if run_id is None:
-            return
+        if trial.trial_id not in self._runs:  # ended in a process that died before reporting it
+            self.on_trial_begin(search, trial)
+            self.client.set_tag(self._runs[trial.trial_id], "recovered", "true")
+        run_id = self._runs[trial.trial_id]
         self._flush(run_id)
         now = int(time.time() * 1000)
         summary = {f"best_{k}": v for k, v in result.best.items()}
@@ -269,6 +296,8 @@ class MlflowTracker(SearchHooks):
         self.client.set_terminated(run_id, RUN_STATUS.get(result.status, "FINISHED"))
         del self._runs[trial.trial_id]
         _OPEN.discard(run_id)
+        if result.status != KILLED:
+            self._ended.add(trial.trial_id)
         self._log_best_so_far(search, trial)
 
     def _log_trial_files(self, run_id: str, search: SearchInfo, trial: TrialInfo, result: TrialResult) -> None:

@@ -1,0 +1,92 @@
+"""A process that has imported the tool once and forks a fresh process for each command.
+
+The crash tests start dozens of short-lived `python -m search.<command>` processes, and each
+would spend ~5 s of a 2-core machine importing TensorFlow, Keras Tuner, Optuna and MLflow
+before its first trial. This process imports them once, without running any TensorFlow op
+(so no thread pools exist yet and a fork is safe), then for each job forks a child that
+takes the job's working folder, environment and arguments and runs the command's `main` as
+`python -m` would: a real process, with its own pid, files, locks and exit status, killed
+by a real SIGKILL when the job's `SEARCH_FAULT` says so.
+
+Protocol: one JSON job per stdin line, {"id", "module", "args", "env", "cwd", "log"}; one JSON
+line per event on stdout: {"id", "pid"} when forked, {"id", "code"} when it ended
+(negative: killed by that signal).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import threading
+
+import search.ensemble  # noqa: F401 - everything a command imports, imported once here
+import search.report  # noqa: F401
+import search.run  # noqa: F401
+from search.engine import runner  # noqa: F401
+from search.ensembles import promote  # noqa: F401
+from search.tracking import registry, tracker  # noqa: F401
+
+_lock = threading.Lock()
+_jobs: dict[int, str] = {}
+
+
+def _say(event: dict) -> None:
+    with _lock:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+
+
+def _child(job: dict) -> None:
+    os.chdir(job["cwd"])
+    os.environ.clear()
+    os.environ.update(job["env"])
+    log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    from search.runs import faults
+
+    faults.configure(os.environ.get(faults.ENV, ""))
+    sys.argv = [f"search.{job['module']}", *job["args"]]
+    try:
+        code = importlib.import_module(f"search.{job['module']}").main(job["args"])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # noqa: BLE001 - a crash of the command: its traceback goes to the log
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code or 0))
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            threading.Event().wait(0.05)
+            continue
+        job = _jobs.pop(pid, None)
+        if job is not None:
+            _say({"id": job, "code": os.waitstatus_to_exitcode(status)})
+
+
+def main() -> None:
+    threading.Thread(target=_reap, daemon=True).start()
+    _say({"ready": True})
+    for line in sys.stdin:
+        job = json.loads(line)
+        with _lock:  # a child may end before its pid is known: register it first
+            pid = os.fork()
+            if pid == 0:
+                _child(job)
+            _jobs[pid] = job["id"]
+        _say({"id": job["id"], "pid": pid})
+
+
+if __name__ == "__main__":
+    main()
