@@ -19,7 +19,9 @@ again. Workers stay until the study's last trial ends, so no trial is left behin
 from __future__ import annotations
 
 import math
+import os
 import random
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -154,6 +156,7 @@ def open_storage(url: str | None, space_dir: Path, *, heartbeat_interval: float 
 
         path = Path(url) if url else SpaceDir(space_dir).journal
         path.parent.mkdir(parents=True, exist_ok=True)
+        _repair_torn_tail(path)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     import sqlalchemy
 
@@ -177,6 +180,39 @@ def open_storage(url: str | None, space_dir: Path, *, heartbeat_interval: float 
                 raise SearchError(f"cannot open the Optuna storage {redact(url)}: {redact(first)}") from None
             time.sleep(random.uniform(0.1, 0.5) * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _repair_torn_tail(path: Path) -> None:
+    """Cut a journal's last line when a write was cut short (a full disk, a power loss).
+
+    Optuna skips such a line while reading but appends the next record right after it, which
+    makes one line of two halves that no later read can parse: the whole study is then lost.
+    The torn bytes are kept beside the journal; done under the journal's own lock, so no
+    worker is appending at that moment."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        if f.read(1) == b"\n":
+            return
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        if cut == len(data):
+            return  # another worker repaired it first
+        torn = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+        torn.write_bytes(data[cut:])
+        with path.open("r+b") as f:
+            f.truncate(cut)
+            os.fsync(f.fileno())
+    finally:
+        lock.release()
+    print(f"warning: the last line of {path} was cut short by an interrupted write; it is kept in {torn.name} "
+          "and the study goes on from the lines before it.", file=sys.stderr, flush=True)
 
 
 def storage_for_children(url: str | None, space_dir: Path) -> str:

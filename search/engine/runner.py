@@ -198,6 +198,7 @@ def _replay(tuner: SpaceTuner, folder: SpaceDir) -> int:
     import keras_tuner as kt
 
     oracle = tuner.oracle
+    oracle.verbose = 0  # its display would print each replayed trial's end, with no start to time it from
     count = 0
     for record in records.load_records(folder):
         status = record["status"]

@@ -1,0 +1,92 @@
+"""Every file a search reads back may be found empty or torn (a full disk, a hand edit, a copy
+cut short). Each reader then rebuilds what it can from the per-trial records, or says in one
+line which file is damaged and what to do; no finished trial is ever lost or run again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY
+from faults.checks import check_keras_tuner, check_optuna, finished_records
+
+from search import ensemble, report, run
+from search.runs.layout import SpaceDir
+
+MAX_TRIALS = 3
+
+
+def search(runs: Path, data: Path, *args: str, max_trials: int = MAX_TRIALS) -> int:
+    return run.main([str(TINY), "--data", str(data), "--max-trials", str(max_trials), "--runs-dir", str(runs),
+                     "--quiet", "--no-tracking", *args])
+
+
+@pytest.fixture
+def half_done(tmp_path, digits_folders) -> SpaceDir:
+    """A Keras Tuner search with 2 of its 3 trials finished."""
+    assert search(tmp_path, digits_folders, max_trials=2, ) == 0
+    return SpaceDir(tmp_path / "tiny")
+
+
+def damage(path: Path, how: str) -> None:
+    if how == "empty":
+        path.write_bytes(b"")
+    else:  # torn: the first half of it
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+
+def mtimes(folder: SpaceDir) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in folder.trials.glob("*/model.keras")}
+
+
+@pytest.mark.parametrize("name", ["tuner/oracle.json", "tuner/tuner0.json", "tuner/trial_0/trial.json"])
+@pytest.mark.parametrize("how", ["empty", "torn"])
+def test_damaged_keras_tuner_state_is_rebuilt_from_the_records(half_done, tmp_path, digits_folders, name, how, capsys):
+    before = mtimes(half_done)
+    damage(half_done.path / name, how)
+    assert search(tmp_path, digits_folders) == 0
+    err = capsys.readouterr().err
+    assert "could not be read" in err and "rebuilt it from 2 trial record(s)" in err
+    assert {p: t for p, t in mtimes(half_done).items() if p in before} == before  # nothing run again
+    check_keras_tuner(half_done, MAX_TRIALS)
+
+
+@pytest.mark.parametrize("how", ["empty", "torn"])
+def test_a_damaged_trial_record_is_named_and_the_others_kept(half_done, tmp_path, digits_folders, how, caplog):
+    damage(half_done.trial("1").record, how)
+    assert search(tmp_path, digits_folders) == 0
+    assert "trials/1/result.json cannot be read" in caplog.text and "Delete the file" in caplog.text
+    assert set(finished_records(half_done)) == {"0", "2"}  # trial 1's record is the one lost; none re-run
+
+
+@pytest.mark.parametrize("name", ["val_labels.npy", "best.json", "search.json", "trials.csv", "ensemble.json"])
+def test_other_damaged_files_are_rewritten_on_the_next_start(half_done, tmp_path, digits_folders, name):
+    assert (half_done.path / name).exists() or name == "ensemble.json"
+    if (half_done.path / name).exists():
+        damage(half_done.path / name, "torn")
+    assert search(tmp_path, digits_folders) == 0
+    check_keras_tuner(half_done, MAX_TRIALS)
+    labels = np.load(half_done.val_labels)
+    assert labels.shape == (40,)
+    assert json.loads(half_done.record.read_text())["seed"] == 0
+    assert json.loads(half_done.ensemble_record.read_text())["finished_trials"] == MAX_TRIALS
+
+
+def test_a_damaged_search_record_is_one_line_for_the_commands_that_read_it(half_done, tmp_path, capsys):
+    damage(half_done.record, "empty")
+    assert report.main(["tiny", "--runs-dir", str(tmp_path), "--no-mlflow"]) == 2
+    assert ensemble.main(["tiny", "--runs-dir", str(tmp_path), "--no-tracking"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and all("search.json is damaged" in e and "trials" in e for e in errors)
+
+
+def test_a_journal_torn_mid_line_resumes(tmp_path, digits_folders):
+    assert search(tmp_path, digits_folders, "--algorithm", "tpe", max_trials=2) == 0
+    folder = SpaceDir(tmp_path / "tiny")
+    with folder.journal.open("ab") as journal:
+        journal.write(b'{"op_code": 5, "worker_id": "x", "trial_id": 1, "st')  # a write cut short
+    assert search(tmp_path, digits_folders, "--algorithm", "tpe") == 0
+    check_optuna(folder, MAX_TRIALS)
