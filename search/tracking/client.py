@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from search.redaction import redact
+from search.runs import atomic
 from search.runs.layout import SpaceDir
 from search.runs.locks import FolderLock
 from search.tracking.config import load_config, unreachable, version
@@ -90,8 +91,9 @@ def connect(uri: str) -> Retrying:
         if database is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
             with FolderLock(database.with_name(f"{database.name}.lock"), doing="creating the MLflow store", wait=300):
-                client = mlflow.MlflowClient(uri)
-                client.search_experiments(max_results=1)  # runs the migrations of a new file, under the lock
+                if not database.exists():
+                    _create_sqlite_store(database)
+            client = mlflow.MlflowClient(uri)
         else:
             client = mlflow.MlflowClient(uri)
     except Unavailable:
@@ -100,6 +102,18 @@ def connect(uri: str) -> Retrying:
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise Unavailable(f"cannot open the tracking store {redact(uri)}: {type(e).__name__}: {redact(first)}") from None
     return Retrying(client)
+
+
+def _create_sqlite_store(database: Path) -> None:
+    """A new SQLite store, its schema migrated in a temporary file renamed into place: MLflow's
+    migrations are many steps, and a process killed between two of them left a file whose next
+    opening failed ("table ... already exists") for every later search."""
+    import mlflow
+
+    for stale in database.parent.glob(f".{database.stem}.*.tmp{database.suffix}"):
+        stale.unlink(missing_ok=True)  # a creation killed midway
+    with atomic.writing(database) as tmp:
+        mlflow.MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates and migrates it
 
 
 def artifact_location(uri: str, configured: str | None) -> str | None:

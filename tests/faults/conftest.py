@@ -55,6 +55,7 @@ class Zygote:
         job = str(next(self._ids))
         log = self.folder / f"job-{job}.log"
         future: Future = Future()
+        future.id = job  # type: ignore[attr-defined]
         with self._lock:
             self._pending[job] = future
             self._logs[job] = log
