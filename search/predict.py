@@ -137,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import keras
 
-        from search.runs.layout import locate, served_model
+        from search.runs.layout import served_model
+        from search.runs.saved import locate
 
         saved = locate(args.space, Path(args.runs_dir))
         if args.model:

@@ -49,6 +49,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # TPE's `group` (conditional spaces) and the RDB heartbeat are marked experimental; saying so
 # on every trial helps no one.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# Optuna says this on every ask of an RDB study with a heartbeat: ours beats from its own process.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 # Storage errors worth a retry: a lost connection, a lock, a race creating tables.
 _RETRIES = 5
 # The Python driver each RDB URL form needs, and the package that provides it.

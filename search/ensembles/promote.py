@@ -33,7 +33,7 @@ from search.metrics import accuracy, log_loss
 from search.models import build
 from search.results import study
 from search.runs import atomic, faults
-from search.runs.layout import SavedSearch, locate
+from search.runs.saved import SavedSearch, locate
 from search.runs.locks import FolderLock
 
 # At an equal objective, a log-loss gain below this is noise, not worth k times the inference.

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from search.results.records import FINISHED, load_records, read_record
-from search.runs.layout import SavedSearch, TrialDir
+from search.runs.layout import TrialDir
+from search.runs.saved import SavedSearch
 
 LOCAL, FETCHED = "local", "tracking store"
 

@@ -1,4 +1,5 @@
-"""The runs folder: every path the tool reads or writes, and how a searched space is found again.
+"""The runs folder: every path the tool reads or writes (`search.runs.saved` finds a searched
+space's folder again from a space file or a name).
 
     runs/                      RunsDir (--runs-dir)
       mlflow.db, mlartifacts/  the default MLflow store
@@ -18,18 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from search.errors import SearchError, did_you_mean
-
-if TYPE_CHECKING:
-    from search.data.dataset import ImageData
-    from search.space import Space
-
-log = logging.getLogger("search")
+from search.errors import SearchError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,55 +232,6 @@ class RunsDir:
         return sorted(p.parent.name for p in self.path.glob("*/search.json")) if self.path.is_dir() else []
 
 
-@dataclasses.dataclass
-class SavedSearch:
-    """A search on disk, found again after it ran: its folder, search.json and space file."""
-
-    name: str
-    folder: SpaceDir
-    runs: RunsDir
-    record: dict[str, Any]
-    space: Space | None  # the space file, when it still loads
-
-    @property
-    def space_dir(self) -> Path:
-        return self.folder.path
-
-    @property
-    def runs_dir(self) -> Path:
-        return self.runs.path
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.record.get("data", {}).get("classes", []))
-
-    @property
-    def seed(self) -> int:
-        return int(self.record.get("seed", 0))
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return dict(self.record.get("settings", {}))
-
-    @property
-    def objective(self) -> str:
-        return str(self.settings.get("objective", "val_accuracy"))
-
-    def open_data(self) -> ImageData:
-        """The dataset the search ran on (its recorded root, so --data and builtins work)."""
-        from search.data.dataset import open_data
-        from search.declare import Data
-
-        fingerprint = self.record.get("data", {})
-        spec = self.space.data if self.space is not None else Data()
-        root = fingerprint.get("root") or spec.path
-        data = open_data(dataclasses.replace(spec, path=root), runs_dir=self.runs_dir, seed=self.seed)
-        recorded = fingerprint.get("content_hash")
-        if recorded and data.fingerprint.get("content_hash") != recorded:
-            log.warning("the data under %s changed since the search ran; scores may not be comparable", root)
-        return data
-
-
 def served_model(folder: SpaceDir) -> tuple[Path, str]:
     """The model the commands predict with: the champion, else the best single trial (with a
     note saying so); SearchError when neither exists."""
@@ -312,36 +257,3 @@ def read_record(folder: SpaceDir) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise SearchError(f"{folder.record} is not a search record; re-run `python -m search.run` to rewrite it.")
     return record
-
-
-def locate(space: str, runs_dir: str | Path) -> SavedSearch:
-    """The search of a space file or a space name under `runs_dir`; SearchError when it never ran."""
-    runs = RunsDir(Path(runs_dir))
-    loaded = None
-    path = Path(space)
-    if path.is_file():
-        from search.space import load_space
-
-        loaded = load_space(path)
-        name = loaded.name
-    else:  # a space name, or a space file since deleted: its results are under its stem
-        name = path.stem if path.suffix == ".py" else space
-    folder = runs.space(name)
-    if not folder.record.is_file():
-        searched = runs.searched()
-        known = f" Searched spaces under {runs.path}: {', '.join(searched)}." if searched else ""
-        elsewhere = "" if runs.path == Path("runs") else f" --runs-dir {runs.path}"
-        raise SearchError(
-            f"no search of {name!r} in {folder.path}.{did_you_mean(name, searched)}{known} "
-            f"Run `python -m search.run {space if loaded else 'spaces/' + name + '.py'}{elsewhere}` first, "
-            f"or pass the --runs-dir it used."
-        )
-    record = read_record(folder)
-    if loaded is None and record.get("space") and Path(record["space"]).is_file():
-        from search.space import load_space
-
-        try:
-            loaded = load_space(record["space"])
-        except SearchError:
-            loaded = None  # the space file changed since; the recorded data root is enough
-    return SavedSearch(name=name, folder=folder, runs=runs, record=record, space=loaded)
