@@ -24,6 +24,7 @@ smoke: $(STAMP)
 # What CI runs (.ci/run): everything but the tests marked slow, in well under 30 minutes.
 test: $(STAMP) test-data
 	$(VENV)/bin/ruff check search tests bench spaces
+	$(VENV)/bin/mypy search
 	$(PY) -m pytest -q -m "not slow" --durations=10
 
 # Multi-minute end-to-end checks: the report's spaces as written, three Optuna workers

@@ -123,9 +123,9 @@ def trial_id(trial: Any) -> int:
     return int(trial._trial_id)
 
 
-def stale_trial_ids(storage: Any, study: Any) -> list[int]:
+def stale_trial_ids(study: Any) -> list[int]:
     """The running trials whose Optuna heartbeat is older than the storage's grace period.
     `optuna.storages.fail_stale_trials` fails all of them at once; the caller here first
-    leaves out those whose process is known to be alive. Relies on
+    leaves out those whose process is known to be alive. Relies on `Study._storage`,
     `BaseHeartbeat._get_stale_trial_ids` and `Study._study_id`."""
-    return list(storage._get_stale_trial_ids(study._study_id))
+    return list(study._storage._get_stale_trial_ids(study._study_id))

@@ -31,7 +31,7 @@ def backbone_path(model: Any) -> tuple[list[Any], Any]:
     and that backbone. Each step runs the layers in front of one nested model."""
     import keras
 
-    steps = []
+    steps: list[Any] = []
     while True:
         nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
         if not nested:

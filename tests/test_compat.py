@@ -96,5 +96,5 @@ def test_optuna_trials_still_carry_their_storage_id_and_rdb_its_stale_query(tmp_
     import time
 
     time.sleep(2.1)
-    assert compat.stale_trial_ids(storage, study) == [compat.trial_id(trial)]
+    assert compat.stale_trial_ids(study) == [compat.trial_id(trial)]
     assert np.isscalar(compat.trial_id(trial))

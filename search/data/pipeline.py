@@ -159,4 +159,5 @@ class Pipeline:
         return tf.cast(images, tf.float32), tf.gather(self._targets, index)
 
     def _read_batch(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        assert self.store is not None  # only built with a store
         return tf.cast(self.store.read(index), tf.float32), tf.gather(self._targets, index)

@@ -245,7 +245,7 @@ class OptunaOracle(kt.Oracle):
         # Optuna prunes single-objective studies only.
         self.pruner = make_pruner("none" if self.multi else pruner, search.epochs, pruner_options)
         self.worker = workers.this_worker()
-        self.study: optuna.Study | None = None
+        self._study: optuna.Study | None = None
         self.folder: SpaceDir | None = None
         self.recovered: list[int] = []  # study trials told their recorded result on this start
         # Set by the tuner: reports a trial told from its record (it reached no hook before).
@@ -258,6 +258,12 @@ class OptunaOracle(kt.Oracle):
         self._rdb = bool(self.storage_url and "://" in self.storage_url)
 
     # Where the study lives ------------------------------------------------------------
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            raise RuntimeError("the oracle has no study before the tuner sets its project folder")
+        return self._study
+
     @property
     def tuner_project(self) -> str:
         """Keras Tuner's own state, per worker process: the Optuna study is the shared one."""
@@ -281,10 +287,10 @@ class OptunaOracle(kt.Oracle):
         storage = open_storage(self.storage_url, self.folder.path, heartbeat_interval=self.heartbeat_interval,
                                grace_period=self.grace_period)
         try:
-            self.study = optuna.create_study(
+            self._study = optuna.create_study(
                 study_name=self.name, storage=storage, pruner=self.pruner,
                 sampler=make_sampler(self.search.algorithm, self.base_seed, self.search.max_trials, self.sampler_options),
-                directions=self.directions, load_if_exists=True,
+                directions=[optuna.study.StudyDirection[d.upper()] for d in self.directions], load_if_exists=True,
             )
         except ValueError as e:
             raise SearchError(f"Optuna study {self.name!r} in {where}: {redact(str(e))}. "
@@ -324,13 +330,11 @@ class OptunaOracle(kt.Oracle):
 
     def finished_count(self) -> int:
         """The study's trials that ended and count towards max_trials (all workers)."""
-        assert self.study is not None
         trials = self.study.get_trials(deepcopy=False)
         return sum(1 for t in counted(trials) if t.state.is_finished())
 
     def _ask(self) -> optuna.Trial | None:
         """The next trial of the study, or None when the study has all its trials."""
-        assert self.study is not None
         while True:
             self.reap()
             trials = self.study.get_trials(deepcopy=False)
@@ -398,7 +402,6 @@ class OptunaOracle(kt.Oracle):
         return values
 
     def _tell_recorded(self, trial: optuna.trial.FrozenTrial, record: dict[str, Any]) -> None:
-        assert self.study is not None
         values = self._values(record)
         if trial.state == TrialState.RUNNING:
             if record["status"] == PRUNED and not self.multi:
@@ -418,9 +421,8 @@ class OptunaOracle(kt.Oracle):
 
     def reap(self) -> None:
         """Handle the trials of workers that died: tell their recorded result, or fail and queue them again."""
-        assert self.study is not None
         trials = self.study.get_trials(deepcopy=False)
-        stale_ids = set(compat.stale_trial_ids(self.study._storage, self.study)) if self._rdb else set()
+        stale_ids = set(compat.stale_trial_ids(self.study)) if self._rdb else set()
         recovered = {t.system_attrs["recovers"] for t in trials if "recovers" in t.system_attrs}
         retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
         retry_state = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t): t.state for t in trials}
@@ -449,7 +451,6 @@ class OptunaOracle(kt.Oracle):
                                        f"no heartbeat for {self.grace_period:.0f}s")
 
     def _fail_and_requeue(self, t: optuna.trial.FrozenTrial, worker: workers.Worker | None, why: str) -> None:
-        assert self.study is not None
         try:
             self.study.tell(t.number, state=TrialState.FAIL)
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
@@ -504,7 +505,6 @@ class OptunaOracle(kt.Oracle):
         super().end_trial(trial)
 
     def _tell(self, asked: optuna.Trial, trial: kt.engine.trial.Trial, result: TrialResult | None) -> None:
-        assert self.study is not None
         if trial.trial_id in self._pruned:
             self._storage_call(lambda: self.study.tell(asked, state=TrialState.PRUNED))
             return

@@ -134,7 +134,7 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         """Tell the oracle the recorded end of each trial it would run again: a process
         killed after writing a trial's record (step 2) and before telling the oracle
         (step 3). Returns the ids told."""
-        told = []
+        told: list[str] = []
         if hasattr(self.oracle, "trial_number"):
             return told  # Optuna: the study reconciles (OptunaOracle.reap)
         for trial_id in compat.requeued_trials(self.oracle):

@@ -94,7 +94,10 @@ def weighted_average(
     if len(members) != len(weights) or not members:
         raise ValueError(f"need as many weights as members (>= 1), got {members=} and {weights=}")
     total = float(sum(weights))
-    return sum((w / total) * probabilities[m].astype(np.float64) for m, w in zip(members, weights))
+    average = np.zeros_like(probabilities[members[0]], dtype=np.float64)
+    for member, weight in zip(members, weights):
+        average += (weight / total) * probabilities[member].astype(np.float64)
+    return average
 
 
 def _selection(method: str, counts: Mapping[str, int], probabilities: Mapping[str, np.ndarray],

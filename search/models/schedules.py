@@ -24,7 +24,9 @@ STEP_FACTORS = (1.0, 0.4, 0.2, 0.1, 0.04, 0.02)
 
 
 class Schedule(Protocol):
-    def __call__(self, epoch: int, lr: float | None = None) -> float: ...
+    """epoch -> rate; also takes (and ignores) the current rate, as LearningRateScheduler passes it."""
+
+    def __call__(self, epoch: int, current: float | None = ..., /) -> float: ...
 
 
 def warmup_exp(
@@ -38,7 +40,7 @@ def warmup_exp(
 ) -> Schedule:
     """The report's warmup + exponential decay: linear ramp, hold, then decay towards lr_min."""
 
-    def schedule(epoch: int, lr: float | None = None) -> float:
+    def schedule(epoch: int, current: float | None = None) -> float:
         if epoch < rampup:
             return float((lr_max - lr_start) / rampup * epoch + lr_start)
         if epoch < rampup + sustain:

@@ -59,7 +59,8 @@ def compute(records: list[dict[str, Any]], objective: str, seed: int = 0) -> tup
         return None
     from search import metrics
 
-    direction = "minimize" if metrics.direction(objective) == "min" else "maximize"
+    direction = optuna.study.StudyDirection.MINIMIZE if metrics.direction(objective) == "min" \
+        else optuna.study.StudyDirection.MAXIMIZE
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(direction=direction)
     for r in done:

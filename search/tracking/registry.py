@@ -71,6 +71,8 @@ def _alias(client: Any, name: str) -> Any | None:
 def move_champion(client: Any, name: str, version: str, objective: str) -> str:
     """Point `champion` at the best version for `objective`; say where it ended and whether ours."""
     before = _alias(client, name)
+    best: tuple[Any, Score] | None = None
+    target = ""
     for _ in range(ROUNDS):
         best = _best_version(client, name, objective)
         if best is None:
@@ -83,6 +85,7 @@ def move_champion(client: Any, name: str, version: str, objective: str) -> str:
         settled = _alias(client, name)
         if settled is not None and str(settled.version) == target and _best_version(client, name, objective) == best:
             break
+    assert best is not None
     if target == version:
         was = f" (was version {before.version})" if before is not None and str(before.version) != version else ""
         return f"; alias {CHAMPION!r} moved to it{was}"

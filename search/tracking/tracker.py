@@ -277,7 +277,7 @@ class MlflowTracker(SearchHooks):
         run_id = self._runs[trial.trial_id]
         self._flush(run_id)
         now = int(time.time() * 1000)
-        summary = {f"best_{k}": v for k, v in result.best.items()}
+        summary: dict[str, float | int | None] = {f"best_{k}": v for k, v in result.best.items()}
         summary.update(params=result.params, size_mb=result.size_mb, seconds_per_epoch=result.seconds_per_epoch,
                        images_per_second=result.images_per_second, epochs_run=result.epochs_run,
                        train_seconds=result.seconds)
