@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from search import metrics
+from search.engine import budget
 from search.engine.algorithms import ALGORITHMS
 from search.errors import SpaceError, did_you_mean
 
@@ -86,6 +87,10 @@ class Search:
     minimize: str | None = None
     # Extra keyword arguments for the algorithm (e.g. hyperband's factor, a sampler's options).
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Stop the search after this long ("2h", "90m", seconds): see search.engine.budget.
+    time_budget: str | float | None = None
+    # Write each trial's TensorBoard logs, with the HParams dashboard's summaries.
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -111,3 +116,6 @@ class Search:
             raise SpaceError(f"Search(keep_models={self.keep_models!r}) must be 'all' or 'best'.")
         metrics.check_objective(self.objective)
         metrics.check_cost(self.minimize)
+        budget.parse(self.time_budget)
+        if not isinstance(self.tensorboard, bool):
+            raise SpaceError(f"Search(tensorboard={self.tensorboard!r}) must be True or False.")

@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, metavar="N", help="epochs per trial")
     p.add_argument("--algorithm", metavar="NAME", help=", ".join(ALGORITHMS))
     p.add_argument("--seed", type=int, help="fixes the data split, shuffling and the sequence of values tried")
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="stop after this long (2h, 90m, 1h30m): no trial starts that cannot finish its first epoch, "
+                        "the running one stops at the budget with its best epoch kept, then the ensemble is promoted")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="write each trial's TensorBoard logs with the HParams dashboard (pip install tensorboard)")
     p.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE",
         help="fix a hyperparameter or override a Search/Data setting (repeatable), e.g. --set backbone=MobileNet",
@@ -74,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             epochs=args.epochs, algorithm=args.algorithm, seed=args.seed, smoke=args.smoke,
         )
         space = _with_storage(space, args.storage, args.study)
+        space = _with_settings(space, time_budget=args.time_budget, tensorboard=args.tensorboard or None)
         if args.dry_run:
             return _dry_run(space, Path(args.runs_dir))
         from search.engine.runner import RECYCLE, run_search
@@ -82,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              tracking=not args.no_tracking, recycle=True)
         if outcome.status == RECYCLE:
             _continue_in_fresh_process(sys.argv[1:] if argv is None else list(argv), space.search.trials_per_process)
-        if outcome.status == "COMPLETED" and not args.no_ensemble:
+        if outcome.status in ("COMPLETED", "STOPPED") and not args.no_ensemble:
             from search.ensembles.promote import after_search
 
             after_search(outcome, space, Path(args.runs_dir), track=not args.no_tracking)
@@ -109,6 +115,17 @@ def _with_storage(space: Any, storage: str | None, study: str | None) -> Any:
                           f"not {space.search.algorithm!r}; add e.g. --algorithm tpe.")
     search = dataclasses.replace(space.search, options={**space.search.options, **given})
     return dataclasses.replace(space, search=search)
+
+
+def _with_settings(space: Any, **settings: Any) -> Any:
+    """Search settings given as options of their own (None: as the space says)."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    if not given:
+        return space
+    try:
+        return dataclasses.replace(space, search=dataclasses.replace(space.search, **given))
+    except SearchError as e:
+        raise SearchError(str(e).replace("Search(time_budget=", "--time-budget (").replace(") must", ") must")) from None
 
 
 def _dry_run(space: Any, runs_dir: Path) -> int:

@@ -17,7 +17,8 @@ from search.hparams import TrialConfig
 
 log = logging.getLogger("search")
 
-# Trial statuses as MLflow and trials.csv spell them.
+# Trial statuses as MLflow and trials.csv spell them (a search also ends STOPPED by its time budget).
+STOPPED = "STOPPED"
 COMPLETED = "COMPLETED"
 FAILED = "FAILED"
 KILLED = "KILLED"
@@ -65,6 +66,7 @@ class TrialResult:
     val_probabilities_path: Path | None = None  # (n_val, n_classes) float32 .npy, val order
     train_images: int = 0
     error: str | None = None
+    note: str | None = None  # e.g. "stopped at the time budget"
 
     @property
     def seconds_per_epoch(self) -> float | None:

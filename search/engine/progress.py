@@ -64,6 +64,8 @@ class ConsoleProgress(SearchHooks):
             line += f": {objective} {score:.4f}, {result.epochs_run} epochs"
             if result.params:
                 line += f", {result.params:,} params"
+            if result.note:
+                line += f" ({result.note})"
         elif result.error:
             error = TrialDir(trial.dir).error
             line += f": {result.error}" + (f" (traceback: {_short(error)})" if error.exists() else "")

@@ -24,7 +24,8 @@ import pandas as pd
 from search.data.dataset import ImageData, open_data
 from search.engine import oracles, strategy as strategies
 from search.engine.algorithms import uses_optuna
-from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED, HookList, SearchHooks, SearchInfo
+from search.engine.budget import Budget, BudgetSpent, parse
+from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED, STOPPED, HookList, SearchHooks, SearchInfo
 from search.engine.progress import ConsoleProgress
 from search.engine.tuner import Recycle, SpaceTuner
 from search.errors import SearchError
@@ -50,7 +51,7 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        return {COMPLETED: 0, FAILED: 1, KILLED: 130, RECYCLE: 0}[self.status]
+        return {COMPLETED: 0, STOPPED: 0, FAILED: 1, KILLED: 130, RECYCLE: 0}[self.status]
 
     @property
     def finished(self) -> int:
@@ -172,11 +173,11 @@ def _common_error(errors: list[str]) -> str:
 
 
 def _open_tuner(space: Space, data: ImageData, info: SearchInfo, hooks: HookList, strategy: Any, *, verbose: int,
-                trials_per_process: int | None) -> SpaceTuner:
+                trials_per_process: int | None, budget: Budget | None) -> SpaceTuner:
     """The tuner, its Keras Tuner state reloaded; rebuilt from the trial records when that state is damaged."""
     def make() -> SpaceTuner:
         return SpaceTuner(space, data, info, hooks, strategy, oracles.make_oracle(space.search, space.search.seed),
-                          verbose=verbose, trials_per_process=trials_per_process)
+                          verbose=verbose, trials_per_process=trials_per_process, budget=budget)
 
     try:
         return make()
@@ -232,6 +233,8 @@ def run_search(space: Space, *, runs_dir: Path = Path("runs"), fresh: bool = Fal
     the caller to resume in a fresh process (the command line does).
     """
     search = space.search
+    seconds = parse(search.time_budget)
+    budget = Budget(seconds) if seconds else None  # from now: opening the data counts
     data = open_data(space.data, runs_dir=runs_dir, seed=search.seed)
     strategy = strategies.detect()
     precision = strategies.set_mixed_precision(search.mixed_precision, strategy)
@@ -246,13 +249,13 @@ def run_search(space: Space, *, runs_dir: Path = Path("runs"), fresh: bool = Fal
         _write_record(space, folder, data.fingerprint)
         _write_skipped(data, folder)
         return _search(space, data, folder, strategy, precision, verbose=verbose, hooks=hooks, tracking=tracking,
-                       recycle=recycle)
+                       recycle=recycle, budget=budget)
     finally:
         lock.release()
 
 
 def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, precision: str, *, verbose: int,
-            hooks: Sequence[SearchHooks], tracking: bool, recycle: bool) -> Outcome:
+            hooks: Sequence[SearchHooks], tracking: bool, recycle: bool, budget: Budget | None) -> Outcome:
     search = space.search
     info = SearchInfo(
         name=space.name, space_path=space.path, space_dir=folder.path,
@@ -268,7 +271,7 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
     hook_list = HookList([ConsoleProgress(), *tracking_hooks, *hooks])
     print(data.describe())
     tuner = _open_tuner(space, data, info, hook_list, strategy, verbose=verbose,
-                        trials_per_process=search.trials_per_process if recycle else None)
+                        trials_per_process=search.trials_per_process if recycle else None, budget=budget)
     storage = getattr(tuner.oracle, "storage", None) if uses_optuna(search.algorithm) else None
 
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -281,6 +284,8 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
         tuner.search(verbose=0)  # ConsoleProgress replaces Keras Tuner's display
     except Recycle:
         status = RECYCLE
+    except BudgetSpent:
+        status = STOPPED
     except KeyboardInterrupt:
         status, message = KILLED, "interrupted: re-run the same command to resume where it stopped."
     except RuntimeError as e:
@@ -300,7 +305,7 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
     if status == RECYCLE:  # the search is not over: its hooks and MLflow run stay open
         hook_list.on_search_pause(info)
         return outcome
-    if status == COMPLETED and outcome.finished == 0:
+    if status in (COMPLETED, STOPPED) and outcome.finished == 0:
         errors = [str(e) for e in table["error"].dropna()] if "error" in table else []
         outcome.status = FAILED
         outcome.message = (f"no trial finished: {_common_error(errors)}. Details: {folder.trials}/*/error.txt"
@@ -316,6 +321,8 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
             print(f"\nLeaderboard ({len(table)} trials, {folder.trials_csv}):\n{board.to_string(index=False)}")
         if folder.best_model.exists():
             print(f"Best model: {folder.best_model}")
+    if budget is not None:
+        print(budget.summary(outcome.finished, search.max_trials))
     if outcome.message:
         print(("error: " if outcome.status == FAILED else "") + outcome.message, file=sys.stderr)
     return outcome

@@ -32,6 +32,7 @@ import tensorflow as tf
 from search import compat, metrics
 from search.data.dataset import ImageData
 from search.engine import trial as training
+from search.engine.budget import Budget, BudgetSpent
 from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED, HookList, SearchInfo, TrialInfo, TrialResult
 from search.engine.memory import TrialMemory
 from search.errors import SearchError
@@ -77,6 +78,29 @@ class _EpochHook(keras.callbacks.Callback):
         faults.point("epoch-end")
 
 
+class _Deadline(keras.callbacks.Callback):
+    """Stops training at the budget's deadline, after the batch in progress; times the first epoch."""
+
+    def __init__(self, budget: Budget, trial_id: str):
+        super().__init__()
+        self.budget, self.trial_id = budget, trial_id
+        self._began = time.monotonic()
+        self._epochs = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.budget.over():
+            self.model.stop_training = True
+            self.budget.stopped_trial = self.trial_id
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epochs += 1
+        if self._epochs == 1:
+            self.budget.first_epochs.append(time.monotonic() - self._began)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.budget.training += time.monotonic() - self._began
+
+
 class SpaceTuner(kt.engine.base_tuner.BaseTuner):
     """Runs a space's trials on one dataset; `search.engine.runner` assembles it."""
 
@@ -91,8 +115,10 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         *,
         verbose: int = 2,
         trials_per_process: int | None = None,
+        budget: Budget | None = None,
     ):
         compat.patch_keras_tuner()
+        self.budget = budget
         self.space, self.data, self.info, self.hooks = space, data, info, hooks
         self.folder = SpaceDir(info.space_dir)
         self.trials_per_process = trials_per_process
@@ -178,6 +204,10 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             print(f"Resuming: trial(s) {', '.join(told)} had ended before the process stopped; their records "
                   "are kept, not run again.", flush=True)
 
+    def pre_create_trial(self) -> None:
+        if self.budget is not None:
+            self.budget.check_room_for_a_trial()  # before the oracle hands a trial out
+
     def on_trial_begin(self, trial: kt.engine.trial.Trial) -> None:
         self._memory.begin()
         self._current = self._trial_info(trial)
@@ -210,6 +240,8 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         self._memory.release()  # one full gc.collect(): a second one cost ~1 s a trial
         if stop is not None:
             raise stop
+        if self.budget is not None and self.budget.over():
+            raise BudgetSpent()
         self._trials_here += 1
         if self.trials_per_process and self._trials_here >= self.trials_per_process:
             raise Recycle()
@@ -262,6 +294,8 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             raise kt.errors.FailedTrialError(message) from None  # its traceback is in error.txt
         if getattr(self.oracle, "trial_status", lambda trial_id: None)(trial.trial_id) == PRUNED:
             result.status = PRUNED  # stopped by the pruner; its model and metrics are kept like any other
+        if self.budget is not None and self.budget.stopped_trial == trial.trial_id:
+            result.note = f"stopped at the time budget after {result.epochs_run} of {info.epochs - info.initial_epoch} epochs"
         self._results[trial.trial_id] = result
         return result.best  # the best epoch's metrics: what the oracle scores the trial by
 
@@ -279,6 +313,7 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
                 _EpochHook(self.hooks, self.info, info),
                 *getattr(self.oracle, "keras_callbacks", lambda trial_id: [])(trial.trial_id),
                 *(self.space.callbacks_fn(trial.hyperparameters) or [] if self.space.callbacks_fn else []),
+                *([_Deadline(self.budget, trial.trial_id)] if self.budget else []),
             ],
             build_model=user_builder(self.space, trial.hyperparameters),
             verbose=self.verbose,

@@ -277,12 +277,14 @@ def _print(summary: dict[str, Any]) -> None:
 
 
 def after_search(outcome: Any, space: Any, runs_dir: Path, *, track: bool = True) -> None:
-    """Run by `search.run` when its search completes: promote when >= 2 trials finished
-    (registered in MLflow unless `track` is False). The workers of a shared Optuna study
+    """Run by `search.run` when its search completes (or its time budget ends it): promote
+    the finished trials' champion (registered in MLflow unless `track` is False). The workers of a shared Optuna study
     promote once for the whole study: the first to claim it does, the others say who."""
     try:
         saved = locate(str(space.path), runs_dir)
-        key = f"{outcome.study}:promote" if outcome.storage else None
+        # A search stopped by its time budget promotes what this worker has; a shared study that
+        # ran out of trials promotes once, for all of its workers.
+        key = f"{outcome.study}:promote" if outcome.storage and outcome.status == "COMPLETED" else None
         claims = None
         if key:
             from search.engine.claims import Claims
@@ -295,7 +297,7 @@ def after_search(outcome: Any, space: Any, runs_dir: Path, *, track: bool = True
                 print(f"Study {outcome.study!r}: worker {worker.get('host', '?')}:{worker.get('pid', '?')} {state} "
                       f"its champion (python -m search.ensemble {space.path} promotes again on demand).")
                 return
-        if len(study.gather(saved).trials) >= 2:
+        if study.gather(saved).trials:
             promote(saved, track=track)
         if claims is not None and key is not None:
             claims.finish(key)

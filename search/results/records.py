@@ -53,6 +53,7 @@ def trial_record(trial: TrialInfo, result: TrialResult) -> dict[str, Any]:
         "model_path": str(result.model_path) if result.model_path else None,
         "val_probabilities_path": str(result.val_probabilities_path) if result.val_probabilities_path else None,
         "error": result.error,
+        "note": result.note,
         "history": {k: [_clean(x) for x in v] for k, v in result.history.items()},
     }
 
@@ -67,7 +68,7 @@ def result_of(record: dict[str, Any]) -> TrialResult:
         epochs_run=int(record.get("epochs_run") or 0), seconds=float(record.get("seconds") or 0.0),
         best={k: v for k, v in (record.get("best") or {}).items() if v is not None}, params=record.get("params"),
         size_mb=record.get("size_mb"), model_path=path("model_path"), val_probabilities_path=path("val_probabilities_path"),
-        error=record.get("error"),
+        error=record.get("error"), note=record.get("note"),
     )
 
 

@@ -39,7 +39,7 @@ def test_a_second_keras_tuner_search_on_a_folder_in_use_is_refused_saying_by_who
 def test_two_processes_on_one_folder_one_waits_for_nothing_and_is_told(zygote, tmp_path, digits_folders):
     slow = tmp_path / "slow.py"  # trials that last long enough for the second process to arrive
     slow.write_text(TINY.read_text() + "\n\ndef callbacks(hp):\n    import time, keras\n"
-                    "    return [keras.callbacks.LambdaCallback(on_epoch_end=lambda *a: time.sleep(1.5))]\n")
+                    "    return [keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: time.sleep(1.5))]\n")
     first = zygote.start("run", str(slow), "--data", str(digits_folders), "--max-trials", "2", "--runs-dir",
                          str(tmp_path), "--quiet", "--no-tracking", "--no-ensemble")
     holders = tmp_path / "slow" / ".search.lock.holders"

@@ -1,0 +1,58 @@
+"""Search(time_budget=...): no trial starts that cannot finish its first epoch, the running one
+stops at the budget with its best epoch kept, and the ensemble is still promoted."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import TINY
+
+from search import run
+from search.engine import budget as budgets
+from search.errors import SpaceError
+from search.results.records import load_records
+from search.runs.layout import SpaceDir
+
+SLOW_EPOCHS = """
+
+def callbacks(hp):
+    import time
+
+    import keras
+
+    # Half a second a batch: epochs long enough for a budget of seconds to cut one.
+    return [keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: time.sleep(0.5))]
+"""
+
+
+def test_durations_parse_and_nonsense_is_one_line():
+    assert budgets.parse("2h") == 7200 and budgets.parse("1h30m") == 5400 and budgets.parse("90s") == 90
+    assert budgets.parse(45) == 45 and budgets.parse(None) is None
+    for wrong in ("soon", "-5m", 0, "2 hours"):
+        with pytest.raises(SpaceError, match="time_budget"):
+            budgets.parse(wrong)
+
+
+def test_a_search_stops_at_its_budget_keeps_the_best_epoch_and_promotes(tmp_path, digits_folders, capsys):
+    space = tmp_path / "slow.py"
+    space.write_text(TINY.read_text() + SLOW_EPOCHS)
+    limit = 12.0
+    started = time.monotonic()
+    code = run.main([str(space), "--data", str(digits_folders), "--max-trials", "20", "--set", "epochs=30",
+                     "--time-budget", f"{limit:.0f}s", "--runs-dir", str(tmp_path), "--no-tracking", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    records = sorted(load_records(SpaceDir(tmp_path / "slow")), key=lambda r: int(r["trial_id"]))
+    assert 1 <= len(records) < 20
+    last = records[-1]
+    assert last["status"] == "COMPLETED" and last["epochs_run"] < 30
+    assert last["note"].startswith("stopped at the time budget")
+    epoch = max(r["seconds"] / r["epochs_run"] for r in records)
+    searched = json.loads((tmp_path / "slow" / "ensemble.json").read_text())  # the ensemble step ran
+    assert searched["finished_trials"] == len(records)
+    trained = sum(r["seconds"] for r in records)
+    assert trained <= limit + 2 * epoch  # the budget, plus the epoch cut short and its validation
+    assert "Time budget 0.2 min: used" in out and f"{len(records)} of 20 trials done" in out
+    assert time.monotonic() - started < limit + 60  # start-up, the cut epoch and the promotion on top
