@@ -268,6 +268,10 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
         from search.tracking import tracker
 
         tracking_hooks = tracker.hooks_for(space)
+    if search.tensorboard:
+        from search.tracking.tensorboard import TensorBoardWriter
+
+        tracking_hooks.append(TensorBoardWriter(space))
     hook_list = HookList([ConsoleProgress(), *tracking_hooks, *hooks])
     print(data.describe())
     tuner = _open_tuner(space, data, info, hook_list, strategy, verbose=verbose,

@@ -4,4 +4,5 @@
 - `client`: connecting to a store safely (reachability, a fresh SQLite file, races).
 - `tracker`: the search hooks that log runs, metrics, plots and artifacts.
 - `registry`: the promoted model's run, its registered version and the `champion` alias.
+- `tensorboard`: per-trial TensorBoard logs with the HParams dashboard (`--tensorboard`).
 """
