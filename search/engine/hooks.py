@@ -17,6 +17,9 @@ from search.hparams import TrialConfig
 
 log = logging.getLogger("search")
 
+# How tables name a trial of a space's own build_model where others name their backbone.
+OWN_MODEL = "build_model"
+
 # Trial statuses as MLflow and trials.csv spell them (a search also ends STOPPED by its time budget).
 STOPPED = "STOPPED"
 COMPLETED = "COMPLETED"
@@ -51,6 +54,12 @@ class TrialInfo:
     epochs: int
     initial_epoch: int = 0
     finished: int = 0  # trials of the search (all workers) finished when this one began
+    own_model: bool = False  # built by the space's build_model, not a backbone and head
+
+    @property
+    def model(self) -> str:
+        """What the trial trains, as tables and plots name it: its backbone, or "build_model"."""
+        return OWN_MODEL if self.own_model else self.config.backbone
 
 
 @dataclasses.dataclass

@@ -193,6 +193,7 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             trial_id=record["trial_id"], number=int(record.get("number") or 0), total=self.space.search.max_trials,
             values=values, config=self.space.trial_config(values), dir=self.trial_dir(record["trial_id"]),
             epochs=len(next(iter((record.get("history") or {}).values()), [])) or self.space.search.epochs,
+            own_model=self.space.build_fn is not None,
         )
         self._publish(info, records.result_of(record))
 
@@ -267,6 +268,7 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             epochs=int(values.get("tuner/epochs", self.space.search.epochs)),
             initial_epoch=int(values.get("tuner/initial_epoch", 0)),
             finished=self.finished_count(),
+            own_model=self.space.build_fn is not None,
         )
 
     # One trial ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pandas as pd
 from search import metrics
 from search.engine.hooks import COMPLETED
 from search.results import plots
-from search.results.records import load_records
+from search.results.records import load_records, model_of
 from search.runs import atomic
 from search.runs.layout import SpaceDir
 
@@ -33,7 +33,7 @@ def front_table(records: list[dict[str, Any]], objective: str, cost: str) -> pd.
         value = r["best"].get(objective)
         spent = r["best"].get(cost) if cost == "latency_ms" else r.get(cost)
         if r["status"] == COMPLETED and value is not None and spent is not None:
-            rows.append({"trial_id": r["trial_id"], "backbone": r["config"].get("backbone"), objective: value,
+            rows.append({"trial_id": r["trial_id"], "backbone": model_of(r), objective: value,
                          cost: spent, "epochs_run": r["epochs_run"]})
     table = pd.DataFrame(rows, columns=["trial_id", "backbone", objective, cost, "epochs_run"])
     sign = 1 if metrics.direction(objective) == "min" else -1  # both columns made "lower is better"

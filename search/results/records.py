@@ -43,6 +43,7 @@ def trial_record(trial: TrialInfo, result: TrialResult) -> dict[str, Any]:
         "status": result.status,
         "values": trial.values,
         "config": trial.config.as_dict(),
+        "model": trial.model,
         "best": {k: _clean(v) for k, v in result.best.items()},
         "epochs_run": result.epochs_run,
         "seconds": round(result.seconds, 2),
@@ -70,6 +71,11 @@ def result_of(record: dict[str, Any]) -> TrialResult:
         size_mb=record.get("size_mb"), model_path=path("model_path"), val_probabilities_path=path("val_probabilities_path"),
         error=record.get("error"), note=record.get("note"),
     )
+
+
+def model_of(record: dict[str, Any]) -> str:
+    """A record's backbone, or "build_model" for a model of the space's own."""
+    return str(record.get("model") or (record.get("config") or {}).get("backbone", "?"))
 
 
 def write_record(trial: TrialInfo, result: TrialResult) -> Path:
@@ -106,6 +112,7 @@ def trials_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     for r in records:
         row: dict[str, Any] = {"trial_id": r["trial_id"], "status": r["status"]}
         row.update(r.get("config", {}))
+        row["backbone"] = model_of(r)
         best = r.get("best") or {}
         row.update({m: best.get(m) for m in COLUMNS})
         row.update({

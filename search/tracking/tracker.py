@@ -34,7 +34,7 @@ import numpy as np
 
 from search.engine.algorithms import uses_optuna
 from search.hparams import TrialConfig
-from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED, SearchHooks, SearchInfo, TrialInfo, TrialResult
+from search.engine.hooks import COMPLETED, FAILED, KILLED, OWN_MODEL, PRUNED, SearchHooks, SearchInfo, TrialInfo, TrialResult
 from search.models.schedules import learning_rate_schedule
 from search.redaction import redact
 from search.results import plots
@@ -191,7 +191,7 @@ class MlflowTracker(SearchHooks):
             info = TrialInfo(trial_id=trial_id, number=int(record.get("number") or 0), total=0, values=values,
                              config=TrialConfig.from_values(record.get("config") or {}),
                              dir=SpaceDir(search.space_dir).trial(trial_id).path,
-                             epochs=int(record.get("epochs_run") or 1))
+                             epochs=int(record.get("epochs_run") or 1), own_model=record.get("model") == OWN_MODEL)
             self.on_trial_end(search, info, result_of(record))
 
     def _beat(self) -> None:
@@ -228,7 +228,7 @@ class MlflowTracker(SearchHooks):
 
         tags = {
             "mlflow.parentRunId": self.parent_id, "trial_id": trial.trial_id, "trial_number": str(trial.number),
-            "status": "RUNNING", "backbone": trial.config.backbone, "worker": json.dumps(self.worker.record()),
+            "status": "RUNNING", "backbone": trial.model, "worker": json.dumps(self.worker.record()),
             "heartbeat": f"{time.time():.0f}", "space": search.name,
         }
         study = search.settings.get("options", {}).get("study") or (
@@ -328,7 +328,7 @@ class MlflowTracker(SearchHooks):
         """Learning curves, the LR schedule and the confusion matrix, drawn into the trial's folder."""
         drawn: list[Path] = []
         out = TrialDir(trial.dir).plots
-        title = f"trial {trial.number} ({trial.config.backbone})"
+        title = f"trial {trial.number} ({trial.model})"
         if result.history.get("loss"):
             drawn.append(plots.learning_curves(result.history, out / "learning_curves.png",
                                                first_epoch=trial.initial_epoch, title=title))
