@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow smoke clean test-data
+.PHONY: demo test test-slow smoke clean test-data docs
 
 # Real product photos for the tests (Debian's dataset-fashion-mnist); best effort, tests
 # that need them skip with a message when they cannot be installed (no root, no apt).
@@ -36,6 +36,10 @@ test-data:
 	@test -f $(FASHION) || apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
 	  || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) \
 	  || echo "note: could not install dataset-fashion-mnist; tests that need it will skip"
+
+# README.md's tables of hyperparameters, backbones and settings, from the registries.
+docs: $(STAMP)
+	$(PY) -m search.vocabulary --write README.md
 
 clean:
 	rm -rf runs .pytest_cache

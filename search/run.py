@@ -27,7 +27,9 @@ EXAMPLES = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser("python -m search.run", DESCRIPTION, EXAMPLES)
-    p.add_argument("space", help="the space file, e.g. spaces/digits.py")
+    p.add_argument("space", nargs="?", help="the space file, e.g. spaces/digits.py")
+    p.add_argument("--list", action="store_true",
+                   help="print every hyperparameter, backbone, schedule, policy, algorithm and objective, and exit")
     p.add_argument("--data", metavar="PATH", help="dataset location (folder, .zip, TFRecord folder), overriding the space's")
     p.add_argument("--max-trials", type=int, metavar="N", help="how many trials in all (finished ones count)")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs per trial")
@@ -71,6 +73,12 @@ def parse_sets(items: Sequence[str]) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list:
+        from search import vocabulary
+
+        return vocabulary.main([])
+    if args.space is None:
+        parser.error("the following arguments are required: space")
     try:
         from search.space import load_space
 
