@@ -5,8 +5,7 @@ metrics; a trial then needed one more pass, with predict's graph, to store its v
 probabilities. `ValidationPass` validates with `model.predict` instead, computes the same
 `val_loss` and `val_accuracy` Keras would (and macro F1, top-5 and per-class accuracy from
 the same probabilities: `search.metrics`), and keeps the probabilities of the epoch that
-EarlyStopping restores: one traced graph and one pass fewer per trial (~1.2 s of a
-smoke trial's fixed cost, and a whole validation pass on large data).
+EarlyStopping restores: one traced graph and one validation pass fewer per trial.
 """
 
 from __future__ import annotations

@@ -102,8 +102,8 @@ class MlflowTracker(SearchHooks):
         self._ended: set[str] = set()  # trial ids with an ended run under this search's run
         self._pending: dict[str, list[Any]] = {}  # run id -> metrics not flushed yet
         self._flushed = time.monotonic()
-        # Trial plots and artifacts are logged here while the next trial trains: drawing three
-        # figures cost ~1.8 s a trial on the search's critical path.
+        # Trial plots and artifacts are logged here while the next trial trains: drawing and
+        # uploading them would otherwise delay every trial's start.
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-artifacts")
         self._in_flight: list[Future] = []
         self._beating = threading.Event()
