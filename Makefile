@@ -37,9 +37,9 @@ test-data:
 	  || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1) \
 	  || echo "note: could not install dataset-fashion-mnist; tests that need it will skip"
 
-# README.md's tables of hyperparameters, backbones and settings, from the registries.
+# The README's and docs/vocabulary.md's tables of hyperparameters, backbones and settings, from the registries.
 docs: $(STAMP)
-	$(PY) -m search.vocabulary --write README.md
+	$(PY) -m search.vocabulary --write README.md docs/vocabulary.md
 
 clean:
 	rm -rf runs .pytest_cache

@@ -80,12 +80,12 @@ def words() -> str:
 
 
 TABLES = {"hyperparameters": hyperparameters, "words": words, "backbones": backbones}
-_BLOCK = re.compile(r"(<!-- vocabulary:(\w+) -->\n).*?(\n<!-- /vocabulary -->)", re.DOTALL)
+_BLOCK = re.compile(r"(<!-- vocabulary:(\w+) -->\n)(?:.*?\n)?(<!-- /vocabulary -->)", re.DOTALL)
 
 
 def render(text: str) -> str:
     """`text` with every vocabulary block replaced by the registries' current table."""
-    return _BLOCK.sub(lambda m: m[1] + TABLES[m[2]]() + m[3], text)
+    return _BLOCK.sub(lambda m: m[1] + TABLES[m[2]]() + "\n" + m[3], text)
 
 
 def main(argv: list[str] | None = None) -> int:

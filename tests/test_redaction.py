@@ -35,3 +35,19 @@ def test_the_recorded_settings_keep_no_password_but_the_search_still_connects():
     assert recorded_settings(search)["options"]["storage"] == "postgresql://optuna:***@db-host:5432/optuna"
     assert search.options["storage"].endswith("s3cret@db-host:5432/optuna")
     assert redact_all({"a": ["x://u:s3cret@h"], "b": 1}) == {"a": ["x://u:***@h"], "b": 1}
+
+
+def test_no_command_output_shows_a_password(tmp_path, capsys, monkeypatch):
+    from conftest import TINY
+
+    from search import run
+
+    storage = "postgresql://optuna:s3cret@127.0.0.1:1/optuna"  # nothing listens on port 1
+    base = [str(TINY), "--algorithm", "tpe", "--storage", storage, "--runs-dir", str(tmp_path), "--no-tracking"]
+    assert run.main([*base, "--dry-run"]) == 0
+    assert run.main(base) == 2  # the storage cannot be opened: one line, and no password in it
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow-user:s3cret@127.0.0.1:9")
+    assert run.main([str(TINY), "--dry-run", "--runs-dir", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "s3cret" not in out + err and "optuna:***@127.0.0.1" in out + err
+    assert not [p for p in tmp_path.rglob("*.json") if "s3cret" in p.read_text()]

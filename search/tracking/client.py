@@ -116,6 +116,14 @@ def _create_sqlite_store(database: Path) -> None:
         mlflow.MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates and migrates it
 
 
+def runs_page(uri: str, experiment_id: str) -> str:
+    """Where a user sees the experiment's runs (MLflow 3 opens an experiment on another tab by default)."""
+    if uri.startswith(("http://", "https://")):
+        return f"runs: {redact(uri).rstrip('/')}/#/experiments/{experiment_id}/runs"
+    return (f"to browse: mlflow ui --backend-store-uri {redact(uri)}, then "
+            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs")
+
+
 def artifact_location(uri: str, configured: str | None) -> str | None:
     """Where a new experiment keeps its artifacts: as configured, or mlartifacts/ beside a SQLite file."""
     database = sqlite_path(uri)

@@ -134,7 +134,8 @@ class MlflowTracker(SearchHooks):
         self.client.log_artifact(self.parent_id, str(search.space_path), "space")
         atomic.write_json(SpaceDir(search.space_dir).mlflow_record, {
             "tracking_uri": redact(self.uri), "experiment_id": self.experiment_id, "run_id": self.parent_id})
-        print(f"MLflow: run {self.parent_id} in experiment {name!r} at {redact(self.uri)}", flush=True)
+        print(f"MLflow: run {self.parent_id} in experiment {name!r} at {redact(self.uri)}; "
+              f"{clients.runs_page(self.uri, self.experiment_id)}", flush=True)
         self._beater = threading.Thread(target=self._beat, daemon=True, name="mlflow-heartbeat")
         self._beater.start()
 
