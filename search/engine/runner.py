@@ -274,6 +274,8 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
         tracking_hooks.append(TensorBoardWriter(space))
     hook_list = HookList([ConsoleProgress(), *tracking_hooks, *hooks])
     print(data.describe())
+    if data.skipped:
+        print(f"  every skipped file and why: {folder.skipped}")
     tuner = _open_tuner(space, data, info, hook_list, strategy, verbose=verbose,
                         trials_per_process=search.trials_per_process if recycle else None, budget=budget)
     storage = getattr(tuner.oracle, "storage", None) if uses_optuna(search.algorithm) else None
