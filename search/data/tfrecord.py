@@ -41,6 +41,8 @@ class Records:
     labelled: bool
     counts: list[int]  # records read from each file (all of them, unless a corrupt tail was skipped)
     targets: np.ndarray  # int32 labels, or the string ids of unlabelled records, in file order
+    # Indices of records that were counted but could not be parsed (left out, and named, by the scan).
+    unreadable: frozenset[int] = frozenset()
 
     @property
     def count(self) -> int:
@@ -180,9 +182,14 @@ def _message(error: tf.errors.OpError) -> str:
 
 
 def _features(path: Path) -> set[str] | None:
-    """The feature names of a file's first record; None when it holds none."""
+    """The feature names of a file's first record; None when it holds none, or none that parses."""
+    from google.protobuf.message import DecodeError
+
     first = next(iter(tf.data.TFRecordDataset(str(path)).take(1)), None)
-    return None if first is None else set(tf.train.Example.FromString(first.numpy()).features.feature)
+    try:
+        return None if first is None else set(tf.train.Example.FromString(first.numpy()).features.feature)
+    except DecodeError:
+        return None  # the count below names the file
 
 
 def _readable(path: Path) -> int:
@@ -235,29 +242,49 @@ def scan(files: list[Path], split: str, *, skipped: list[tuple[str, str]] | None
         records = records if limit is None else records.take(limit)
         return records.batch(_BATCH).map(lambda r: tf.io.parse_example(r, spec)[label])
 
-    counts, parts, broken = [], [], set()
+    counts: list[int] = []
+    parts: list[np.ndarray] = []
+    broken: set[Path] = set()
+    unreadable: set[int] = set()
+
+    def one_by_one(f: Path, limit: int) -> np.ndarray:
+        """A file's labels or ids record by record, those that do not parse left out and named."""
+        values = []
+        for k, record in enumerate(tf.data.TFRecordDataset(str(f)).take(limit)):
+            try:
+                values.append(tf.io.parse_single_example(record, spec)[label].numpy())
+            except (tf.errors.InvalidArgumentError, UnicodeDecodeError):
+                values.append(-1 if labelled else b"")
+                unreadable.add(sum(counts) + k)
+                skipped.append((f.name, f"record {k} is not an Example with {label!r}; it is left out"))  # type: ignore[union-attr]
+        return np.array(values, np.int64 if labelled else object)
 
     def batches() -> Iterator[np.ndarray]:
         for f in files:
             found: list[np.ndarray] = []
+            limit: int | None = None
             try:
                 try:
                     for batch in parsed(f, None):
                         found.append(batch.numpy())
                         yield found[-1]
                 except tf.errors.DataLossError as e:
-                    readable = _readable(f)
-                    broken_at = f"truncated or corrupt after its first {readable} records ({_message(e)})"
+                    limit = _readable(f)
+                    broken_at = f"truncated or corrupt after its first {limit} records ({_message(e)})"
                     if skipped is None:
                         raise DataError(f"TFRecord file {f} is {broken_at}: download it again, or remove it.") from None
                     skipped.append((f.name, f"{broken_at}: the rest of the file is left out"))
                     broken.add(f)
-                    found = [b.numpy() for b in parsed(f, readable)]
-            except tf.errors.InvalidArgumentError as e:
-                raise DataError(
-                    f"a {split} record in {f} cannot be parsed as {label!r} ({_message(e)}); every record of a "
-                    f"file needs the features its first has."
-                ) from None
+                    found = [b.numpy() for b in parsed(f, limit)]
+            # A record that is not an Example with the first one's features. (TF's message quotes
+            # the record's bytes, and fails to decode them as text, hence UnicodeDecodeError.)
+            except (tf.errors.InvalidArgumentError, UnicodeDecodeError):
+                if skipped is None:
+                    raise DataError(
+                        f"a {split} record in {f} is not a tf.train.Example with {label!r}, as every record of the "
+                        f"split must be: re-create or re-download the file."
+                    ) from None
+                found = [one_by_one(f, _readable(f) if limit is None else limit)]
             counts.append(sum(len(b) for b in found))
             parts.extend(found)
 
@@ -269,7 +296,7 @@ def scan(files: list[Path], split: str, *, skipped: list[tuple[str, str]] | None
         if said is not None and said != found and f not in broken:
             log.warning("%s: its name says %d records, it holds %d; using %d.", f, said, found, found)
     targets = np.concatenate(parts) if parts else np.zeros([0], np.int64)
-    return Records(files, labelled, counts, targets.astype(np.int32) if labelled else targets)
+    return Records(files, labelled, counts, targets.astype(np.int32) if labelled else targets, frozenset(unreadable))
 
 
 def numbered(found: Records) -> tf.data.Dataset:
