@@ -147,7 +147,8 @@ def _check(path: Path, stamp: list[int], max_pixels: int | None, converted: Path
     with _one_large_at_a_time if head.pixels > LARGE_PIXELS else contextlib.nullcontext():
         if head.converted:
             name = formats.converted_name(path, *stamp)
-            reason = formats.convert(path, converted / name)
+            # Named by the file's path, size and mtime, and written atomically: one there is this file's.
+            reason = None if (converted / name).is_file() else formats.convert(path, converted / name)
             return [*stamp, reason, head.width, head.height, None if reason else name], None
         if head.format is None and path.suffix.lower() in formats.CONVERTED_SUFFIXES:
             reason = f"Pillow cannot read it ({head.error})"  # TensorFlow would only say "Unknown image file format"
