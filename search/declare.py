@@ -50,6 +50,12 @@ class Data:
     cache: bool = True
     # Shown when the data is missing: where to get it, how to pass it with --data.
     hint: str | None = None
+    # An image whose header declares more pixels than this is left out (and named) before
+    # anything decodes it; None: no limit. Decoded, 100 megapixels take 300 MB.
+    max_pixels: int | None = 100_000_000
+    # Kaggle's Petals download holds tfrecords-jpeg-{192x192,224x224,331x331,512x512}/: the
+    # folder nearest this size is read. None: the space's largest image_size (set as it loads).
+    tfrecord_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -59,6 +65,10 @@ class Data:
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise SpaceError(f"Data(val_fraction={self.val_fraction!r}) must be in (0, 1), e.g. 0.2.")
+        for name in ("max_pixels", "tfrecord_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise SpaceError(f"Data({name}={value!r}) must be a whole number >= 1, or None.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,15 +2,22 @@
 
 A folder of images (or one image) gives a CSV of file, label, probability; a TFRecord test
 set whose records carry `id` (Petals to the Metal) gives Kaggle's submission.csv (`id,label`),
-written exactly as the report wrote it.
+written exactly as the report wrote it. A file, a record or an image that cannot be read is
+left out and named, and the rest is predicted.
+
+`--tta N` averages the model's probabilities over each image and N-1 fixed views of it
+(flips, turns, zooms) taken from the augmentation the model was trained with; what that
+gains is measured on the search's validation images and written beside the output
+(tta.json), since test-time augmentation can also cost accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,7 @@ from search.errors import SearchError
 
 BATCH_SIZE = 64
 TFRECORD_SUFFIXES = (".tfrec", ".tfrecord")
+SHOWN_SKIPS = 5  # skipped inputs named one per line; the rest are counted
 
 
 def _pixels(encoded: Any, size: int) -> Any:
@@ -59,61 +67,195 @@ def _find_inputs(path: Path) -> tuple[str, list[Path]]:
     return "images", images
 
 
-def predict_images(model: Any, files: list[Path], root: Path, class_names: list[str], out: Path) -> int:
-    """Write file,label,probability for each readable image; returns the number of rows."""
+View = Callable[[Any], Any]
+
+
+def probabilities(model: Any, batches: Iterable[tuple[Any, Any]], views: Sequence[View], total: int | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(the indices predicted, their class probabilities averaged over `views`) for batches of
+    (indices, float images)."""
+    from search.console import progress
+
+    indices, rows = [], []
+    for index, images in progress(batches, "predicting", total=total, unit="image", size=lambda b: len(b[0])):
+        rows.append(np.mean([np.asarray(model.predict_on_batch(view(images))) for view in views], axis=0))
+        indices.append(np.asarray(index))
+    if not rows:
+        return np.zeros([0], np.int64), np.zeros([0, int(model.output_shape[-1])], np.float32)
+    return np.concatenate(indices), np.concatenate(rows)
+
+
+def _report_skips(skipped: list[tuple[str, str]]) -> None:
+    for name, reason in skipped[:SHOWN_SKIPS]:
+        print(f"warning: skipped {name}: {reason}", file=sys.stderr)
+    if len(skipped) > SHOWN_SKIPS:
+        print(f"warning: skipped {len(skipped) - SHOWN_SKIPS} more", file=sys.stderr)
+
+
+def predict_images(model: Any, files: list[Path], root: Path, class_names: list[str], out: Path, *,
+                   runs_dir: Path, max_pixels: int | None, views: Sequence[View]) -> tuple[int, list[tuple[str, str]]]:
+    """Write file,label,probability for each readable image; returns the rows and what was skipped."""
     import tensorflow as tf
 
-    from search.data.folders import check_images
+    from search.data.folders import check_images, converted_folder, shown
     from search.ensembles.model import input_size
+    from search.runs import atomic
 
-    bad, _ = check_images(files, root, {})
-    for file, reason in list(bad.items())[:5]:
-        print(f"warning: skipped {file}: {reason}", file=sys.stderr)
-    if len(bad) > 5:
-        print(f"warning: skipped {len(bad) - 5} more unreadable file(s)", file=sys.stderr)
-    files = [f for f in files if f not in bad]
+    base = root if root.is_dir() else root.parent
+    checked = check_images(files, base, {}, max_pixels=max_pixels, converted=converted_folder(runs_dir))
+    skipped = [(shown(_name(f, base)), reason) for f, reason in sorted(checked.bad.items())]
+    _report_skips(skipped)
+    files = [f for f in files if f not in checked.bad]
     if not files:
-        raise SearchError(f"--images {root}: none of the images can be decoded.")
+        raise SearchError(f"--images {root}: none of the images can be read ({skipped[0][1]}).")
     size = input_size(model)
+    paths = [str(checked.substitutes.get(f, f)) for f in files]
     dataset = (
-        tf.data.Dataset.from_tensor_slices([str(f) for f in files])
-        .map(lambda p: _pixels(tf.io.read_file(p), size), num_parallel_calls=tf.data.AUTOTUNE)
+        tf.data.Dataset.from_tensor_slices(paths).enumerate()
+        .map(lambda i, p: (i, _pixels(tf.io.read_file(p), size)), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(BATCH_SIZE)
     )
-    probabilities = np.asarray(model.predict(dataset, verbose=0))
-    labels = np.argmax(probabilities, axis=-1)
-    with out.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "label", "probability"])
-        for file, label, row in zip(files, labels, probabilities):
-            name = file.relative_to(root).as_posix() if root.is_dir() else file.name
-            writer.writerow([name, class_names[label] if label < len(class_names) else int(label), f"{row[label]:.6f}"])
-    return len(files)
+    index, probs = probabilities(model, dataset, views, len(files))
+    labels = np.argmax(probs, axis=-1)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "label", "probability"])
+            for i, label, row in zip(index, labels, probs):
+                name = _name(files[i], base)
+                writer.writerow([name, class_names[label] if label < len(class_names) else int(label), f"{row[label]:.6f}"])
+
+    atomic.write_with(out, write)
+    return len(index), skipped
 
 
-def predict_submission(model: Any, files: list[Path], out: Path) -> int:
-    """Write Kaggle's submission.csv (id,label) for test records carrying `id`; returns its rows."""
-    import tensorflow as tf
+def _name(file: Path, base: Path) -> str:
+    return file.relative_to(base).as_posix()
 
+
+def predict_submission(model: Any, files: list[Path], out: Path, *, views: Sequence[View]
+                       ) -> tuple[int, list[tuple[str, str]]]:
+    """Write Kaggle's submission.csv (id,label) for test records carrying `id`; returns its rows
+    and what was skipped: the unreadable tail of a corrupt file, records whose image does not decode."""
     from search.data import tfrecord
     from search.ensembles.model import input_size
+    from search.runs import atomic
 
-    found = tfrecord.scan(files, "test")
+    skipped: list[tuple[str, str]] = []
+    found = tfrecord.scan(files, "test", skipped=skipped)
     if found.labelled:
         raise SearchError(
             f"--images: the records in {files[0].parent} carry `class`, not `id`; a submission needs the "
             f"test records (image + id). Pass the test folder, e.g. tfrecords-jpeg-331x331/test."
         )
     size = input_size(model)
-    images = tfrecord.images(found, lambda data: _pixels(data, size))
-    batches = images.batch(BATCH_SIZE).apply(tf.data.experimental.assert_cardinality(-(-found.count // BATCH_SIZE)))
-    probabilities = model.predict(batches, verbose=0)
-    predictions = np.argmax(probabilities, axis=-1)
-    test_ids = np.array([i.decode("utf-8") for i in found.targets])  # read by the scan, in file order
+    # A record whose image does not decode is dropped here; its index is missing from what comes out.
+    images = tfrecord.images(found, lambda data: _pixels(data, size)).ignore_errors()
+    index, probs = probabilities(model, images.batch(BATCH_SIZE), views, found.count)
+    ids = np.array([i.decode("utf-8", "backslashreplace") for i in found.targets])  # read by the scan, in file order
+    missing = sorted(set(range(found.count)) - set(index.tolist()) - found.unreadable)  # the scan named those
+    if missing:
+        skipped += [(f"record id {ids[i]}", reason) for i, reason in _why_undecodable(found, missing, size)]
+    _report_skips(skipped)
+    if not len(index):
+        raise SearchError(f"--images: none of the test records in {files[0].parent} can be read ({skipped[0][1]}).")
+    predictions = np.argmax(probs, axis=-1)
     # The report's own line, so the file is byte-for-byte what it submitted.
-    np.savetxt(out, np.rec.fromarrays([test_ids, predictions]), fmt=["%s", "%d"], delimiter=",",
-               header="id,label", comments="")
-    return len(test_ids)
+    atomic.write_with(out, lambda tmp: np.savetxt(tmp, np.rec.fromarrays([ids[index], predictions]), fmt=["%s", "%d"],
+                                                  delimiter=",", header="id,label", comments=""))
+    return len(index), skipped
+
+
+def _why_undecodable(found: Any, missing: list[int], size: int) -> list[tuple[int, str]]:
+    """Each missing record's decoding error, read again (only when some were dropped)."""
+    import tensorflow as tf
+
+    from search.data import tfrecord
+    from search.data.folders import decode_failure
+
+    wanted = set(missing)
+    reasons = []
+    spec = {"image": tf.io.FixedLenFeature([], tf.string)}
+    for index, record in tfrecord.numbered(found):
+        if int(index) in wanted:
+            try:
+                _pixels(tf.io.parse_single_example(record, spec)["image"], size)
+                reason = "its image could not be decoded"
+            except tf.errors.OpError as e:
+                reason = f"its image does not decode ({decode_failure(e)})"
+            reasons.append((int(index), reason))
+    return reasons
+
+
+def trained_policy(saved: Any, model_path: Path) -> tuple[str, str]:
+    """The augmentation policy the served model was trained with, and a note when the trials
+    behind it used several (the first member's is taken)."""
+    from search.results.records import load_records
+
+    folder = saved.folder
+    trials: list[str] = []
+    if model_path.resolve() == folder.champion.resolve() and folder.ensemble_record.is_file():
+        trials = list(json.loads(folder.ensemble_record.read_text()).get("promoted", {}).get("members", []))
+    elif model_path.resolve() == folder.best_model.resolve() and folder.best_record.is_file():
+        trials = [str(json.loads(folder.best_record.read_text()).get("trial_id"))]
+    elif model_path.parent.parent == folder.trials:
+        trials = [model_path.parent.name]
+    records = {r["trial_id"]: r for r in load_records(folder.path)}
+    chosen = [records[t] for t in trials if t in records] or list(records.values())
+    policies = list(dict.fromkeys(str((r.get("config") or {}).get("augmentation", "none")) for r in chosen))
+    if not policies:
+        fixed = saved.record.get("fixed", {}).get("augmentation")
+        if fixed:
+            return str(fixed), ""
+        raise SearchError(f"--tta: no trial record in {folder.trials} says which augmentation the model was trained "
+                          f"with; run without --tta.")
+    note = "" if len(policies) == 1 else (f"note: the model's trials were trained with {', '.join(policies)}; "
+                                          f"test-time views follow {policies[0]!r}, the first one's.")
+    return policies[0], note
+
+
+def measure_tta(model: Any, data: Any, views: Sequence[View]) -> dict[str, Any]:
+    """Validation accuracy of the model alone and averaged over `views`, on the search's val images."""
+    from search.ensembles.model import input_size
+
+    size = input_size(model)
+    plain = averaged = seen = 0
+    for images, labels in data.dataset("val", size, BATCH_SIZE):
+        each = [np.asarray(model.predict_on_batch(view(images))) for view in views]
+        truth = np.asarray(labels)
+        plain += int((each[0].argmax(axis=1) == truth).sum())
+        averaged += int((np.mean(each, axis=0).argmax(axis=1) == truth).sum())
+        seen += len(truth)
+    if not seen:
+        raise SearchError("--tta: the search's val split holds no images to measure test-time augmentation on.")
+    return {"val_images": seen, "val_accuracy": plain / seen, "val_accuracy_tta": averaged / seen,
+            "gain": (averaged - plain) / seen}
+
+
+def _tta(args: argparse.Namespace, saved: Any, model: Any, model_path: Path, out: Path) -> tuple[list[View], str]:
+    """The views to average over, and the line saying what they gain (written to tta.json too)."""
+    if args.tta == 1:
+        return [lambda images: images], ""
+    from search.data.augment import tta_views
+    from search.ensembles.model import input_size
+    from search.runs import atomic
+
+    policy, note = trained_policy(saved, model_path)
+    if note:
+        print(note, file=sys.stderr)
+    views = tta_views(policy, input_size(model))
+    if args.tta > len(views):
+        raise SearchError(f"--tta {args.tta}: the model's augmentation {policy!r} gives {len(views)} views "
+                          f"({', '.join(name for name, _ in views)}); use --tta {len(views)} or less.")
+    views = views[:args.tta]
+    measured = measure_tta(model, saved.open_data(), [fn for _, fn in views])
+    summary = {"policy": policy, "views": [name for name, _ in views], "model": str(model_path), **measured}
+    where = out.with_name("tta.json")
+    atomic.write_json(where, summary)
+    line = (f"TTA ({policy}: {', '.join(summary['views'])}): val accuracy {measured['val_accuracy']:.4f} -> "
+            f"{measured['val_accuracy_tta']:.4f} ({measured['gain']:+.4f}) on {measured['val_images']} val images; {where}")
+    return [fn for _, fn in views], line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "python -m search.predict",
         "Predict with a search's champion model (runs/<space>/champion.keras).",
         "examples:\n  python -m search.predict spaces/digits.py --images my_digits/\n"
-               "  python -m search.predict spaces/flowers.py --images tfrecords-jpeg-331x331/test",
+               "  python -m search.predict spaces/flowers.py --images tfrecords-jpeg-331x331/test --tta 4",
     )
     p.add_saved_search()
     p.add_argument("--images", required=True, metavar="PATH",
@@ -129,12 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE",
                    help="where to write (default: predictions.csv, or submission.csv for TFRecords)")
     p.add_argument("--model", metavar="FILE", help="a .keras model instead of the search's champion")
+    p.add_argument("--tta", type=int, default=1, metavar="N",
+                   help="average over the image and N-1 views of it from the training augmentation "
+                        "(default 1: no test-time augmentation); its gain on val goes to tta.json")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.tta < 1:
+            raise SearchError(f"--tta {args.tta}: give the number of views to average, 1 (none) or more.")
         import keras
 
         from search.runs.layout import served_model
@@ -152,14 +299,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind, files = _find_inputs(Path(args.images))
         out = Path(args.out or ("submission.csv" if kind == "tfrecord" else "predictions.csv"))
         model = keras.models.load_model(model_path, compile=False)
+        views, measured = _tta(args, saved, model, model_path, out)
         if kind == "tfrecord":
-            rows = predict_submission(model, files, out)
+            rows, skipped = predict_submission(model, files, out, views=views)
         else:
-            rows = predict_images(model, files, Path(args.images), saved.class_names, out)
+            spec = saved.space.data if saved.space is not None else None
+            rows, skipped = predict_images(model, files, Path(args.images), saved.class_names, out,
+                                           runs_dir=saved.runs_dir, views=views,
+                                           max_pixels=spec.max_pixels if spec else _default_max_pixels())
     except SearchError as e:
         return fail(e)
-    print(f"{out}: {rows} row(s) from {model_path}")
+    if measured:
+        print(measured)
+    left_out = f"; skipped {len(skipped)} unreadable input(s), named above" if skipped else ""
+    print(f"{out}: {rows} row(s) from {model_path}{left_out}")
     return 0
+
+
+def _default_max_pixels() -> int | None:
+    from search.declare import Data
+
+    return Data().max_pixels
 
 
 if __name__ == "__main__":

@@ -164,7 +164,18 @@ def load_space(
     if smoke and "image_size" not in fixed:
         fixed["image_size"] = _smoke_image_size(space)
     _validate_hyperparameters(space)
+    if space.data.tfrecord_size is None:
+        # Which of Kaggle's TFRecord sizes to read: the largest the trials can ask for, so
+        # none is upscaled from a smaller copy (the data is opened once, before any trial).
+        space = dataclasses.replace(space, data=dataclasses.replace(space.data, tfrecord_size=largest_image_size(space)))
     return space
+
+
+def largest_image_size(space: Space) -> int:
+    """The largest image_size any trial of the space can take (with --set/--smoke applied)."""
+    # Every declaration counts: a space may fix a different size under each backbone.
+    sizes = [v for param in _declared(space).space if param.name == "image_size" for v in _values(param)]
+    return int(max(sizes)) if sizes else int(hparams.DEFAULTS["image_size"])
 
 
 def _fields(cls: type) -> list[str]:
@@ -302,16 +313,19 @@ def _declared(space: Space) -> kt.HyperParameters:
 def candidate_values(hp: kt.HyperParameters, name: str) -> list[Any]:
     """Every value a hyperparameter can take, or its bounds for a numeric range."""
     for param in hp.space:
-        if param.name != name:
-            continue
-        if isinstance(param, kt.engine.hyperparameters.Choice):
-            return list(param.values)
-        if isinstance(param, kt.engine.hyperparameters.Fixed):
-            return [param.value]
-        if isinstance(param, kt.engine.hyperparameters.Boolean):
-            return [True, False]
-        return [param.min_value, param.max_value]
+        if param.name == name:
+            return _values(param)
     return []
+
+
+def _values(param: Any) -> list[Any]:
+    if isinstance(param, kt.engine.hyperparameters.Choice):
+        return list(param.values)
+    if isinstance(param, kt.engine.hyperparameters.Fixed):
+        return [param.value]
+    if isinstance(param, kt.engine.hyperparameters.Boolean):
+        return [True, False]
+    return [param.min_value, param.max_value]
 
 
 def _validate_hyperparameters(space: Space) -> None:

@@ -156,6 +156,36 @@ def digits_tfrecords(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def write_records(path: Path, records: list[bytes]) -> None:
+    import tensorflow as tf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+
+
+PETALS_SIZES = (192, 224, 331, 512)
+
+
+@pytest.fixture(scope="session")
+def petals_download(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Kaggle's Petals download as it unzips: ``tfrecords-jpeg-{192x192,224x224,331x331,512x512}/``,
+    each with ``train/`` (20 digits, 2 per class), ``val/`` (10) and ``test/`` (5, carrying
+    ``id``), every image a real digit JPEG at the folder's size, files named as Kaggle names
+    them (``00-192x192-20.tfrec``: index, size, record count)."""
+    root = tmp_path_factory.mktemp("petals_download")
+    digits = digit_images(per_class=4)
+    for size in PETALS_SIZES:
+        base = root / f"tfrecords-jpeg-{size}x{size}"
+        train = [petals_example(im, size, **{"class": label}) for label, _, im in digits[0::4] + digits[1::4]]
+        val = [petals_example(im, size, **{"class": label}) for label, _, im in digits[2::4]]
+        test = [petals_example(im, size, id=f"t{i:04d}".encode()) for _, i, im in digits[3::8]]
+        for split, records in (("train", train), ("val", val), ("test", test)):
+            write_records(base / split / f"00-{size}x{size}-{len(records)}.tfrec", records)
+    return root
+
+
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """All 1,797 digits as builtin:digits writes them (class folders of PNGs), written once."""

@@ -13,6 +13,7 @@ from PIL import Image
 
 from search import run
 from search.hparams import TrialConfig
+from search.runs.layout import locate
 from search.space import load_space
 
 from conftest import digit_images, oracle_proposals, petals_example
@@ -187,16 +188,36 @@ def test_featuremaps_user_mistakes_are_one_line(searched, capsys: pytest.Capture
     assert len(errors) == 3 and "Conv_99" in errors[1]
 
 
-def test_tflite_export_agrees_and_sizes_every_backbone(searched) -> None:
+def test_tflite_export_of_one_trial_in_every_variant_agrees_and_is_sized(searched) -> None:
+    # One trial, every variant: the choice of one trial per backbone is tested without converting
+    # (tests/test_export.py), and each conversion costs CI seconds.
     from search import export
 
-    trials = pd.read_csv(searched.runs / "digits" / "trials.csv")
-    assert set(trials["backbone"]) == {"MobileNet", "MobileNetV2"}
-    assert export.main(["digits", "--runs-dir", str(searched.runs), "--max-images", "96", "--no-tracking"]) == 0
-    sizes = pd.read_csv(searched.runs / "digits" / "export" / "sizes.csv")
-    assert set(sizes["backbone"]) == set(trials["backbone"])
-    mobilenet = sizes[sizes["backbone"] == "MobileNet"].iloc[0]
+    assert export.main(["digits", "--runs-dir", str(searched.runs), "--trial", "0", "--max-images", "96",
+                        "--no-tracking"]) == 0
+    folder = searched.runs / "digits" / "export"
+    sizes = pd.read_csv(folder / "sizes.csv")
+    assert list(sizes["model"]) == ["trial-0"] and sizes.iloc[0]["val_images"] == 96
+    row = sizes.iloc[0]
+    assert row["params"] > 2_000_000
+    for variant in ("float32", "float16", "int8"):
+        assert row[f"agreement_{variant}"] >= 0.99, variant
+    # Integer activations round every layer's output, which can move the top-1 of an image whose
+    # two best classes are close. Measured here: 1.0, but this smoke-trained model (3 steps) puts
+    # every val image in one class, so top-1 agreement says little; its probabilities, compared
+    # below, say whether the integer model computes the same thing.
+    assert row["agreement_int8_full"] >= 0.9
+    images = export.val_images(locate("digits", searched.runs).open_data(), 32, 64)
+    floats = export.tflite_predict(folder / "trial-0.float32.tflite", images)
+    integers = export.tflite_predict(folder / "trial-0.int8-full.tflite", images)
+    assert np.abs(floats - integers).max() < 0.01  # measured 0.0017: half a step of the uint8 output (1/256)
+    assert row["tflite_int8_full_mb"] < row["tflite_float16_mb"] < row["tflite_float32_mb"]
+    assert row["tflite_int8_mb"] < row["tflite_float16_mb"]
+    classes = [str(i) for i in range(10)]
+    assert (folder / "labels.txt").read_text().splitlines() == classes
     for variant in export.VARIANTS:
-        assert mobilenet[f"agreement_{variant}"] >= 0.99
-    assert mobilenet["tflite_int8_mb"] < mobilenet["tflite_float16_mb"] < mobilenet["tflite_float32_mb"]
-    assert mobilenet["params"] > 3_000_000 and mobilenet["val_images"] == 96
+        assert export.embedded_labels(folder / f"trial-0.{variant}.tflite") == classes, variant
+    phone = export._interpreter(folder / "trial-0.int8-full.tflite")
+    source, target = phone.get_input_details()[0], phone.get_output_details()[0]
+    assert (source["dtype"], target["dtype"]) == (np.uint8, np.uint8)
+    assert source["quantization"] == (1.0, 0)  # the camera's 0..255 pixels go in as they are

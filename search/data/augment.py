@@ -1,9 +1,11 @@
-"""Augmentation policies, as Keras preprocessing layers.
+"""Augmentation policies, as Keras preprocessing layers, and the test-time views of each.
 
 `POLICIES` is the vocabulary a space's `augmentation` takes; adding a policy is one entry
 (and, if Keras has no layer for it, the layer) here. They run in the input pipeline on
 float batches of raw 0..255 pixels, after batching and after the images kept in memory are
-read, so every epoch sees fresh draws of them.
+read, so every epoch sees fresh draws of them. Each policy also lists the deterministic
+views of an image that test-time augmentation averages over (`tta_views`): the image
+itself, then the flips, turns and zooms its training draws were made of, most typical first.
 """
 
 from __future__ import annotations
@@ -198,6 +200,10 @@ def _seed(seed: int | None, offset: int) -> int | None:
     return None if seed is None else seed + offset
 
 
+# A test-time view: its name, and the function of a float [B, size, size, 3] batch giving it.
+View = tuple[str, Callable[[tf.Tensor], tf.Tensor]]
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """One value of the `augmentation` hyperparameter."""
@@ -206,6 +212,69 @@ class Policy:
     description: str
     # (image size, seed) -> the layers, for float 0..255 batches of that size
     layers: Callable[[int, int | None], list[keras.layers.Layer]]
+    # image size -> the test-time views, the image itself first
+    views: Callable[[int], list[View]]
+
+
+def _identity(images: tf.Tensor) -> tf.Tensor:
+    return images
+
+
+def _mirror(images: tf.Tensor) -> tf.Tensor:
+    return tf.reverse(images, axis=[2])
+
+
+def _warped(*, angle: float = 0.0, zoom: float = 1.0, flip: bool = False) -> Callable[[tf.Tensor], tf.Tensor]:
+    """One fixed warp about the centre, through the same resampling as `RandomAffine`."""
+
+    def view(images: tf.Tensor) -> tf.Tensor:
+        batch = tf.shape(images)[0]
+
+        def same(value: float) -> tf.Tensor:
+            return tf.fill([batch], tf.constant(value, tf.float32))
+
+        transforms = affine_transforms(
+            angle=same(angle), zoom=same(zoom), shift_x=same(0.0), shift_y=same(0.0), flip=same(-1.0 if flip else 1.0),
+            height=tf.cast(tf.shape(images)[1], tf.float32), width=tf.cast(tf.shape(images)[2], tf.float32),
+        )
+        return warp(images, transforms, "nearest")
+
+    return view
+
+
+def _centre_crop(image_size: int, upscaled: int) -> Callable[[tf.Tensor], tf.Tensor]:
+    """`RandomUpscaleCrop`'s view with the crop at the centre."""
+    start = (upscaled - image_size) // 2
+
+    def view(images: tf.Tensor) -> tf.Tensor:
+        bigger = tf.image.resize(images, [upscaled, upscaled], method="nearest")
+        return bigger[:, start:start + image_size, start:start + image_size, :]
+
+    return view
+
+
+def _none_views(image_size: int) -> list[View]:
+    return [("image", _identity), ("mirror", _mirror)]
+
+
+def _faces_views(image_size: int) -> list[View]:
+    # Half the policy's ranges (rotation 10 degrees, zoom 10%): its typical draws, not its extremes.
+    turn = 5 / 360 * 2 * math.pi
+    return [
+        ("image", _identity), ("mirror", _mirror),
+        ("zoom in 5%", _warped(zoom=0.95)), ("zoom in 5%, mirrored", _warped(zoom=0.95, flip=True)),
+        ("turn +5 degrees", _warped(angle=turn)), ("turn -5 degrees", _warped(angle=-turn)),
+    ]
+
+
+def _flowers_views(image_size: int) -> list[View]:
+    return [
+        ("image", _identity), ("mirror", _mirror), ("upside down", lambda x: tf.reverse(x, axis=[1])),
+        ("turn 90", lambda x: tf.image.rot90(x, 1)), ("turn 270", lambda x: tf.image.rot90(x, 3)),
+        ("turn 180", lambda x: tf.image.rot90(x, 2)), ("transpose", lambda x: tf.transpose(x, [0, 2, 1, 3])),
+        ("centre crop", _centre_crop(image_size, _flowers_upscaled(image_size))),
+        ("centre crop, mirrored", lambda x: _mirror(_centre_crop(image_size, _flowers_upscaled(image_size))(x))),
+    ]
 
 
 def _faces(image_size: int, seed: int | None) -> list[keras.layers.Layer]:
@@ -214,9 +283,13 @@ def _faces(image_size: int, seed: int | None) -> list[keras.layers.Layer]:
     return [RandomAffine(10 / 360, 0.1, 0.1, flip=True, fill_mode="nearest", seed=seed)]
 
 
-def _flowers(image_size: int, seed: int | None) -> list[keras.layers.Layer]:
+def _flowers_upscaled(image_size: int) -> int:
     # The report resizes to 331*30 before cropping 331, surely meant 331+30: ~9% zoom.
-    upscaled = image_size + max(2, round(image_size * 30 / 331))
+    return image_size + max(2, round(image_size * 30 / 331))
+
+
+def _flowers(image_size: int, seed: int | None) -> list[keras.layers.Layer]:
+    upscaled = _flowers_upscaled(image_size)
     return [
         RandomUpscaleCrop(image_size, upscaled, seed=_seed(seed, 0)),
         RandomRot90Transpose(0.2, 0.25, seed=_seed(seed, 1)),
@@ -225,12 +298,22 @@ def _flowers(image_size: int, seed: int | None) -> list[keras.layers.Layer]:
 
 
 POLICIES: dict[str, Policy] = {policy.name: policy for policy in (
-    Policy("none", "no augmentation", lambda image_size, seed: []),
+    Policy("none", "no augmentation", lambda image_size, seed: [], _none_views),
     Policy("faces", "the report's Level 2: rotation 10 degrees, zoom and shifts 10%, horizontal flips (one warp)",
-           _faces),
+           _faces, _faces_views),
     Policy("flowers", "the report's Level 1: upscale and random crop, rot90 and transpose, flips both ways",
-           _flowers),
+           _flowers, _flowers_views),
 )}
+
+
+def tta_views(policy: str, image_size: int) -> list[View]:
+    """The test-time views of a policy for `image_size` squares, the image itself first."""
+    if policy not in POLICIES:
+        raise DataError(
+            f"augmentation {policy!r} is not a policy.{did_you_mean(policy, POLICIES)} "
+            f"Use one of {', '.join(POLICIES)}."
+        )
+    return POLICIES[policy].views(image_size)
 
 
 def augmentation(policy: str, image_size: int, seed: int | None = None) -> keras.Sequential | None:

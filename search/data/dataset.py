@@ -23,11 +23,14 @@ from search.data.folders import (
     check_images,
     checks_file,
     content_hash,
+    converted_folder,
+    has_text_name,
     is_visible,
     load_checks,
     require_images,
     save_checks,
     scan_folders,
+    shown,
 )
 from search.data.augment import augmentation as make_augmentation
 from search.declare import Data
@@ -48,10 +51,16 @@ class _Split:
     targets: np.ndarray  # int32 labels, or the string ids of an unlabelled split
     labelled: bool
     records: tfrecord.Records | None = None
+    # An image only Pillow reads -> the PNG converted from it, read in its place.
+    substitutes: dict[Path, Path] = dataclasses.field(default_factory=dict)
 
     @property
     def count(self) -> int:
         return self.records.count if self.records else len(self.files)
+
+    def read_from(self) -> list[Path]:
+        """The file each image is read from, in `files` order."""
+        return [self.substitutes.get(f, f) for f in self.files]
 
 
 def _combined(first: _Split, second: _Split) -> _Split:
@@ -61,7 +70,8 @@ def _combined(first: _Split, second: _Split) -> _Split:
         records = tfrecord.Records(first.records.files + second.records.files, True,
                                    first.records.counts + second.records.counts,
                                    np.concatenate([first.records.targets, second.records.targets]))
-    return _Split(first.files + second.files, np.concatenate([first.targets, second.targets]), True, records)
+    return _Split(first.files + second.files, np.concatenate([first.targets, second.targets]), True, records,
+                  {**first.substitutes, **second.substitutes})
 
 
 class ImageData:
@@ -76,8 +86,10 @@ class ImageData:
         splits: dict[str, _Split],
         skipped: list[tuple[str, str]],
         cache: bool,
+        notes: tuple[str, ...] = (),
     ) -> None:
         self.layout = layout
+        self.notes = notes  # lines for the console about choices made (which TFRecord size)
         self.root = root
         self.class_names = class_names
         self.num_classes = len(class_names)
@@ -147,10 +159,11 @@ class ImageData:
             for name, s in self._splits.items()
         )
         text = f"{self.layout} data at {self.root}: {self.num_classes} classes ({names}); {counts}"
+        text += "".join(f"\n  {note}" for note in self.notes)
         if self.skipped:
-            shown = "; ".join(f"{f}: {reason}" for f, reason in self.skipped[:3])
+            listed = "; ".join(f"{f}: {reason}" for f, reason in self.skipped[:3])
             more = f" and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
-            text += f"\n  skipped {len(self.skipped)} unreadable file(s): {shown}{more}"
+            text += f"\n  skipped {len(self.skipped)} file(s): {listed}{more}"
         return text
 
     def __repr__(self) -> str:
@@ -199,7 +212,7 @@ class ImageData:
             items, unpack = tfrecord.indexed(part.records)
             decode = functools.partial(decode_image, image_size=image_size)
             return pipeline.Source(part.targets, image_size, items, unpack, decode)
-        paths = tf.constant([str(f) for f in part.files])
+        paths = tf.constant([str(f) for f in part.read_from()])
 
         def unpack(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             return index, tf.gather(paths, index)
@@ -245,21 +258,26 @@ def open_data(
             root = archive.extract(root, runs_dir)
     layout, root = _detect(root, spec)
     skipped: list[tuple[str, str]] = []
+    notes: tuple[str, ...] = ()
     if layout == "tfrecord":
-        class_names, splits = _open_tfrecord(root, spec)
+        root, class_names, splits, note = _open_tfrecord(root, spec)
+        notes = (note,) if note else ()
     else:
         groups = scan_folders(root, spec, layout)
         known = load_checks(checks_file(root, runs_dir))
         files = [f for classes in groups.values() for fs in classes.values() for f in fs]
-        bad, entries = check_images(files, root, known)
-        skipped = [(_rel(f, root), reason) for f, reason in sorted(bad.items())]
+        checked = check_images(files, root, known, max_pixels=spec.max_pixels, converted=converted_folder(runs_dir))
+        bad = checked.bad
+        skipped = [(shown(_rel(f, root)), reason) for f, reason in sorted(bad.items())]
         for where, classes in groups.items():
             for name, fs in classes.items():
                 classes[name] = [f for f in fs if f not in bad]
             if where != spec.test:
                 require_images(root / where if where else root, classes, bad)
         class_names, splits = _make_splits(root, spec, layout, groups, seed)
-        save_checks(checks_file(root, runs_dir), entries)
+        for split in splits.values():
+            split.substitutes = {f: checked.substitutes[f] for f in split.files if f in checked.substitutes}
+        save_checks(checks_file(root, runs_dir), checked.entries)
     data = ImageData(
         layout=layout,
         root=root,
@@ -267,6 +285,7 @@ def open_data(
         splits=splits,
         skipped=skipped,
         cache=spec.cache,
+        notes=notes,
     )
     log.info("data: %s", data.describe())
     return data
@@ -275,6 +294,8 @@ def open_data(
 def _resolve(path: str, spec: Data) -> Path:
     resolved = Path(os.path.expanduser(path))
     resolved = resolved if resolved.is_absolute() else Path.cwd() / resolved
+    if not has_text_name(resolved):
+        raise DataError(f"data path {shown(resolved)} is not valid UTF-8; rename it (or pass a link to it with a text name).")
     if not resolved.exists():
         how = "pass the dataset's folder or .zip with --data PATH"
         if spec.hint:  # where to get the data; it may already say how to pass it
@@ -365,10 +386,10 @@ def _make_splits(
     return class_names, splits
 
 
-def _open_tfrecord(root: Path, spec: Data) -> tuple[list[str], dict[str, _Split]]:
-    class_names, scans = tfrecord.open_records(root, spec)
+def _open_tfrecord(root: Path, spec: Data) -> tuple[Path, list[str], dict[str, _Split], str]:
+    root, class_names, scans, note = tfrecord.open_records(root, spec)
     splits = {
         split: _Split(scan.files, scan.targets, scan.labelled, records=scan)
         for split, scan in scans.items()
     }
-    return class_names, splits
+    return root, class_names, splits, note
