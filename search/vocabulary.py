@@ -38,7 +38,7 @@ MEANING = {
     "augmentation": "the augmentation policy",
     "label_smoothing": "in [0, 1)",
 }
-WORDS = {"weights": WEIGHTS, "fine_tune": FINE_TUNE_MODES, "pooling": POOLINGS, "optimizer": OPTIMIZERS,
+WORDS: dict[str, Iterable[str]] = {"weights": WEIGHTS, "fine_tune": FINE_TUNE_MODES, "pooling": POOLINGS, "optimizer": OPTIMIZERS,
          "schedule": SCHEDULES, "augmentation": POLICIES}
 
 

@@ -209,9 +209,9 @@ class ImageData:
     def _source(part: _Split, image_size: int) -> pipeline.Source:
         """Where a split's images are read from, and how they decode."""
         if part.records is not None:
-            items, unpack = tfrecord.indexed(part.records)
+            items, unpack_record = tfrecord.indexed(part.records)
             decode = functools.partial(decode_image, image_size=image_size)
-            return pipeline.Source(part.targets, image_size, items, unpack, decode)
+            return pipeline.Source(part.targets, image_size, items, unpack_record, decode)
         paths = tf.constant([str(f) for f in part.read_from()])
 
         def unpack(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -275,7 +275,7 @@ def require_images(folder: Path, classes: dict[str, list[Path]], bad: dict | Non
         return
     shown = ", ".join(str(folder / name) for name in empty[:3])
     if bad:
-        example = next((f"{shown(p.name)}: {r}" for p, r in bad.items() if p.parent.name in empty), "")
+        example = next((f"{p.name}: {r}" for p, r in bad.items() if p.parent.name in empty), "")
         raise DataError(
             f"every image in class folder(s) {shown} is unreadable (e.g. {example}); "
             f"replace the files or remove the folder."

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -66,20 +67,20 @@ class Header:
         return self.format is not None and self.format not in TENSORFLOW_FORMATS
 
 
-def _identify(fp: object, path: Path) -> tuple[Image.Image | None, str]:
+def _identify(fp: IO[bytes], path: Path) -> tuple[Image.Image | None, str]:
     """Pillow's own identification of a file (what `Image.open` does), without its
     decompression-bomb check: that check raises on a large image before saying its size, and
     warns on stderr from any thread, while the caller applies Data(max_pixels) itself."""
     Image.init()
-    fp.seek(0)  # type: ignore[attr-defined]
-    prefix = fp.read(16)  # type: ignore[attr-defined]
+    fp.seek(0)
+    prefix = fp.read(16)
     error = "not an image Pillow knows"
     for name in Image.ID:
         factory, accept = Image.OPEN[name]
         accepted = accept(prefix) if accept is not None else True
         if not accepted or isinstance(accepted, str):  # a str is Pillow's warning that it is not this format
             continue
-        fp.seek(0)  # type: ignore[attr-defined]
+        fp.seek(0)
         try:
             return factory(fp, str(path)), ""
         except Exception as e:  # noqa: BLE001 - a plugin's failure on a damaged file: try the next, keep why

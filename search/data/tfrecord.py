@@ -17,6 +17,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -125,7 +126,7 @@ def choose_size(root: Path, spec: Data) -> tuple[Path, Data, str]:
         note = (f"TFRecords in {len(sizes)} sizes under {root} ({shown}): reading {sizes[picked].name}/, the "
                 f"nearest to image_size {wanted} (Data(tfrecord_size=N) picks another)")
         return sizes[picked], spec, note
-    changes: dict[str, str] = {}
+    changes: dict[str, Any] = {}  # Data's split globs, by field name
     notes: list[str] = []
     for split in ("train", "val", "test"):
         glob = getattr(spec, split)
@@ -133,15 +134,17 @@ def choose_size(root: Path, spec: Data) -> tuple[Path, Data, str]:
             continue
         parts = PurePosixPath(glob).parts
         at = next((i for i, part in enumerate(parts) if size_of(part)), None)
-        parent = root.joinpath(*parts[:at]) if at is not None else None
-        if at is None or not parent.is_dir():
+        if at is None or not (parent := root.joinpath(*parts[:at])).is_dir():
             continue
-        siblings = {size: d.name for d in parent.iterdir() if d.is_dir() and (size := size_of(d.name))}
+        siblings: dict[int, str] = {}
+        for d in parent.iterdir():
+            if d.is_dir() and (found := size_of(d.name)):
+                siblings[found] = d.name
         if not siblings:
             continue
-        picked = siblings[_nearest(list(siblings), size_of(parts[at]) or 0)]
-        changes[split] = PurePosixPath(*parts[:at], picked, *parts[at + 1:]).as_posix()
-        note = f"{parts[at]}/ is not under {parent}: reading {picked}/, the nearest size there"
+        sibling = siblings[_nearest(list(siblings), size_of(parts[at]) or 0)]
+        changes[split] = PurePosixPath(*parts[:at], sibling, *parts[at + 1:]).as_posix()
+        note = f"{parts[at]}/ is not under {parent}: reading {sibling}/, the nearest size there"
         if note not in notes:
             notes.append(note)
     return root, dataclasses.replace(spec, **changes), "; ".join(notes)
