@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   python -m search.run spaces/digits.py                      the offline demo
   python -m search.run spaces/digits.py --smoke              2 tiny trials, as CI runs them
   python -m search.run spaces/celeb.py --data ~/celeb.zip --set backbone=ResNet50 --max-trials 5
+  python -m search.run spaces/digits.py --algorithm tpe --workers 2   two workers of one Optuna study
 """
 
 
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tracking", action="store_true", help="no MLflow tracking for this search (mlflow.yaml's enabled: false)")
     p.add_argument("--no-ensemble", action="store_true",
                    help="do not promote an ensemble of the best trials when the search completes")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="Optuna algorithms: start N workers of one study on this machine, one GPU each when there "
+                        "are N, sharing the runs folder; output lines are prefixed [w1] ...")
     return p
 
 
@@ -80,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.space is None:
         parser.error("the following arguments are required: space")
     try:
+        if args.workers is not None:
+            from search.engine.launcher import launch
+
+            return launch(sys.argv[1:] if argv is None else list(argv), args.workers)
         from search.space import load_space
 
         space = load_space(

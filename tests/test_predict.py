@@ -18,7 +18,7 @@ from PIL import Image
 
 from search import predict
 from search.data.dataset import decode_image
-from search.runs.layout import locate
+from search.runs.saved import locate
 
 from conftest import digit_images, petals_example, write_records
 

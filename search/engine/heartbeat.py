@@ -23,7 +23,6 @@ import select
 import subprocess
 import sys
 import time
-from typing import IO
 
 STORAGE_ENV = "SEARCH_HEARTBEAT_STORAGE"
 INTERVAL_ENV = "SEARCH_HEARTBEAT_INTERVAL"
@@ -79,13 +78,26 @@ def _open(storage: str):  # type: ignore[no-untyped-def]
     return lambda trial_id: journal.set_trial_user_attr(trial_id, "heartbeat", time.time())
 
 
-def _lines(stream: IO[str], timeout: float) -> list[str] | None:
-    """Lines available within `timeout` seconds; None once the parent has closed the pipe."""
-    ready, _, _ = select.select([stream], [], [], timeout)
-    if not ready:
-        return []
-    line = stream.readline()
-    return None if line == "" else [line]
+class _Lines:
+    """The parent's lines, read from the pipe's file descriptor itself. Python's buffered
+    `readline` would read two lines written in quick succession (a trial's end, then the
+    next trial) into its buffer and hand back only the first, and `select` on the pipe
+    would then not see the second: the new trial would go unbeaten until the parent wrote
+    again, at its end."""
+
+    def __init__(self, fd: int):
+        self.fd, self._partial = fd, b""
+
+    def within(self, timeout: float) -> list[str] | None:
+        """Complete lines available within `timeout` seconds; None once the parent has closed the pipe."""
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return []
+        chunk = os.read(self.fd, 65536)
+        if not chunk:
+            return None
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        return [line.decode() for line in lines if line.strip()]
 
 
 def main() -> int:
@@ -94,8 +106,9 @@ def main() -> int:
     parent = os.getppid()
     trials: list[int] = []
     last = 0.0
+    stdin = _Lines(sys.stdin.fileno())
     while True:
-        lines = _lines(sys.stdin, max(0.0, min(1.0, last + interval - time.monotonic())))
+        lines = stdin.within(max(0.0, min(1.0, last + interval - time.monotonic())))
         if lines is None or os.getppid() != parent:
             return 0
         for line in lines:

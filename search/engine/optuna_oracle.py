@@ -49,7 +49,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # TPE's `group` (conditional spaces) and the RDB heartbeat are marked experimental; saying so
 # on every trial helps no one.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# Optuna says this on every ask of an RDB study with a heartbeat: ours beats from its own process.
+# Optuna warns on every `ask` from an RDB storage with a heartbeat outside `Study.optimize`;
+# here the heartbeat is beaten by search.engine.heartbeat instead of optimize's thread.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 # Storage errors worth a retry: a lost connection, a lock, a race creating tables.
 _RETRIES = 5
@@ -138,11 +139,21 @@ def _suggest_one(trial: optuna.Trial, hp: Any) -> Any:
 
 
 def _driver_missing(url: str, error: BaseException) -> SearchError | None:
+    """One line naming the package to install, for the ImportError of a missing database driver."""
     scheme = url.split("://", 1)[0].lower()
-    module, package = DRIVERS.get(scheme, (None, None))
-    missing = getattr(error, "name", None) or str(error)
-    if module is None or not isinstance(error, ImportError) or module.split(".")[0] not in str(missing):
+    # Optuna wraps SQLAlchemy's ImportError in one of its own that names no module.
+    cause: BaseException | None = error
+    while cause is not None and not getattr(cause, "name", None):
+        cause = cause.__cause__
+    missing = str(getattr(cause, "name", "") or "")
+    if not isinstance(error, ImportError) or not missing:
         return None
+    module, package = DRIVERS.get(scheme, (missing, None))
+    if module.split(".")[0] != missing.split(".")[0]:
+        return None
+    if package is None:
+        return SearchError(f"--storage {redact(url)}: the {scheme} driver is not installed (no module {missing!r}): "
+                           f"pip install the package that provides {missing}.")
     other = " (or write postgresql+psycopg2://... with psycopg2-binary)" if scheme == "postgresql" else ""
     return SearchError(f"--storage {redact(url)}: the {scheme} driver is not installed: pip install '{package}'{other}.")
 
@@ -250,12 +261,15 @@ class OptunaOracle(kt.Oracle):
         self.recovered: list[int] = []  # study trials told their recorded result on this start
         # Set by the tuner: reports a trial told from its record (it reached no hook before).
         self.on_recovered: Callable[[dict[str, Any]], None] = lambda record: None
+        # Called with a trial's id when this worker finds the trial's own worker dead.
+        self.on_lost: Callable[[str], None] = lambda trial_id: None
         self._asked: dict[str, optuna.Trial] = {}
         self._pruned: set[str] = set()
         self._results: dict[str, TrialResult] = {}
         self._latency: dict[str, float] = {}
         self._heartbeat: Heartbeat | None = None
         self._rdb = bool(self.storage_url and "://" in self.storage_url)
+        self._rdb_storage: optuna.storages.RDBStorage | None = None
 
     # Where the study lives ------------------------------------------------------------
     @property
@@ -286,6 +300,9 @@ class OptunaOracle(kt.Oracle):
         where = redact(self.storage_url) if self.storage_url else str(self.folder.journal)
         storage = open_storage(self.storage_url, self.folder.path, heartbeat_interval=self.heartbeat_interval,
                                grace_period=self.grace_period)
+        # An RDB storage with Optuna's heartbeat (not SQLite, not the journal file).
+        beats = isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
+        self._rdb_storage = storage if isinstance(storage, optuna.storages.RDBStorage) and beats else None
         try:
             self._study = optuna.create_study(
                 study_name=self.name, storage=storage, pruner=self.pruner,
@@ -346,13 +363,20 @@ class OptunaOracle(kt.Oracle):
                 self._keep_alive()
                 time.sleep(min(self.heartbeat_interval, 5.0))  # another worker's trial may still die
                 continue
-            # A new sampler per trial: stateless across trials, seeded by position, so a resumed
-            # search and parallel workers do not replay the same values.
-            self.study.sampler = make_sampler(self.search.algorithm, self.base_seed * 1000 + len(trials),
-                                              self.search.max_trials, self.sampler_options)
             trial = self._storage_call(self.study.ask)
+            # A new sampler per trial: stateless across trials, seeded by the trial's number, so a
+            # resumed search does not replay the same values, and neither do workers that asked at
+            # the same instant (they saw the same trials, but got different numbers). Optuna
+            # samples at the first suggestion, after the ask.
+            self.study.sampler = make_sampler(self.search.algorithm, self.base_seed * 1000 + trial.number,
+                                              self.search.max_trials, self.sampler_options)
             self._storage_call(lambda: trial.set_user_attr("worker", self.worker.record()))
             self._storage_call(lambda: trial.set_user_attr("heartbeat", time.time()))
+            rdb = self._rdb_storage
+            if rdb is not None:
+                # Optuna never takes a trial without a heartbeat row for stale: beaten first
+                # here, so a worker killed before its heartbeat process beats is still noticed.
+                self._storage_call(lambda: rdb.record_heartbeat(compat.trial_id(trial)))
             self._storage_call(lambda: trial.set_user_attr("kt_trial_id", f"{trial.number:04d}"))
             trials = self.study.get_trials(deepcopy=False)
             frozen = next(t for t in trials if t.number == trial.number)

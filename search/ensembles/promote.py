@@ -17,12 +17,16 @@ from __future__ import annotations
 import datetime
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
+from optuna.trial import TrialState
 
 from search.data.dataset import ImageData
+from search.engine.optuna_oracle import counted, open_storage
 from search.engine.strategy import detect
 from search.ensembles.model import build_ensemble_model, input_size, predict_split
 from search.ensembles.refit import refit_epochs, refit_member
@@ -35,6 +39,7 @@ from search.results import study
 from search.runs import atomic, faults
 from search.runs.saved import SavedSearch, locate
 from search.runs.locks import FolderLock
+from search.tracking.config import load_config, shared, tracking_uri
 
 # At an equal objective, a log-loss gain below this is noise, not worth k times the inference.
 MIN_LOSS_GAIN = 0.01
@@ -42,6 +47,10 @@ LABELS = {"best_single": "best single", "top_k": "top-k average", "greedy": "gre
 METHODS = ("auto", *LABELS)
 # How long a promotion waits for another one of the same folder to finish.
 LOCK_WAIT = 1800
+# How long the promoter of a shared study waits for the other workers' last trials to reach
+# the tracking store: their files are sent in the background after each trial ends, so the
+# study can be over before the last ones arrive.
+STUDY_WAIT = 120.0
 
 
 def beats(ensemble: Selection, single: Selection) -> bool:
@@ -297,9 +306,44 @@ def after_search(outcome: Any, space: Any, runs_dir: Path, *, track: bool = True
                 print(f"Study {outcome.study!r}: worker {worker.get('host', '?')}:{worker.get('pid', '?')} {state} "
                       f"its champion (python -m search.ensemble {space.path} promotes again on demand).")
                 return
+        if claims is not None:
+            await_study(saved, outcome.storage, str(outcome.study))
         if study.gather(saved).trials:
             promote(saved, track=track)
         if claims is not None and key is not None:
             claims.finish(key)
     except SearchError as e:
         print(f"warning: no ensemble promoted: {e}", file=sys.stderr)
+
+
+def await_study(saved: SavedSearch, storage: str, name: str, *, wait: float = STUDY_WAIT) -> int:
+    """Wait (at most `wait` seconds) until every completed trial of the shared study `name` is
+    among the gathered ones (this folder's and those fetched from the tracking store); returns
+    how many are missing when it stops waiting. Without a store that other machines log to,
+    nothing more can come: it says so at once."""
+    config = load_config()
+    uri = tracking_uri(config, saved.runs_dir, saved.name)
+    loaded = optuna.load_study(study_name=name, storage=open_storage(storage, saved.space_dir))
+    expected = sum(t.state == TrialState.COMPLETE for t in counted(loaded.get_trials(deepcopy=False)))
+    reachable = config.enabled and shared(uri, saved.runs_dir)  # where other machines' trials arrive
+    deadline = time.monotonic() + (wait if reachable else 0.0)
+    said = False
+    while True:
+        have = len({r["trial_id"] for r in study.gather(saved).records if r["status"] == "COMPLETED"})
+        missing = max(0, expected - have)
+        if not missing or time.monotonic() >= deadline:
+            break
+        if not said:
+            print(f"Study {name!r}: waiting for {missing} trial(s) of other workers to reach the tracking store "
+                  f"(up to {wait:.0f} s).", flush=True)
+            said = True
+        time.sleep(2.0)
+    if missing and not reachable:
+        why = "tracking is off" if not config.enabled else "the tracking store is this runs folder's own"
+        print(f"warning: {missing} completed trial(s) of study {name!r} ran on workers whose files this machine "
+              f"cannot reach ({why}); promoting from the trials here. For one champion of the whole study, "
+              "give every worker one MLflow server (docs/distributed.md).", file=sys.stderr, flush=True)
+    elif missing:
+        print(f"warning: {missing} completed trial(s) of study {name!r} never reached the tracking store; promoting "
+              "from the others (python -m search.ensemble promotes again on demand).", file=sys.stderr, flush=True)
+    return missing

@@ -18,7 +18,7 @@ import pandas as pd
 
 from search import metrics
 from search.engine.hooks import COMPLETED, TrialInfo, TrialResult
-from search.runs import atomic
+from search.runs import atomic, workers
 from search.runs.layout import SpaceDir, TrialDir
 from search.runs.locks import FolderLock
 
@@ -40,6 +40,8 @@ def trial_record(trial: TrialInfo, result: TrialResult) -> dict[str, Any]:
     return {
         "trial_id": trial.trial_id,
         "number": trial.number,
+        # Which process ran it (host:pid): the workers of one study share a runs folder.
+        "worker": str(workers.this_worker()),
         "status": result.status,
         "values": trial.values,
         "config": trial.config.as_dict(),

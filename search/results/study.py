@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -88,18 +90,43 @@ def _fetch(saved: SavedSearch, known: set[str], notes: list[str]) -> list[TrialD
         if not trial_id or trial_id in known:
             continue
         target = saved.folder.study_cache / trial_id
-        if not (target / "result.json").is_file():
-            try:
-                tmp = target.with_name(f".{trial_id}.fetching")
-                tmp.mkdir(parents=True, exist_ok=True)
-                client.download_artifacts(run.info.run_id, "trial", str(tmp))
-                (tmp / "trial").rename(target) if (tmp / "trial").is_dir() else None
-            except Exception as e:  # noqa: BLE001 - one trial missing is a note, not a failure
-                notes.append(f"trial {trial_id} of the study could not be fetched ({type(e).__name__}); left out")
-                continue
+        cached = all((target / name).is_file() for name in SENT)
+        if not cached and not _download(client, run.info.run_id, trial_id, target, notes):
+            continue
         known.add(trial_id)
         fetched.append(TrialDir(target))
     return fetched
+
+
+# A trial's run is FINISHED before its worker has sent its files (they go in the background,
+# val_labels.npy last, after the model): a trial is kept in the cache only once they all came.
+SENT = ("result.json", "val_probabilities.npy", "val_labels.npy")
+
+
+def _download(client: Any, run_id: str, trial_id: str, target: Path, notes: list[str]) -> bool:
+    """Fetch a trial's `trial/` artifacts into `target`; whether they are all there."""
+    tmp = target.with_name(f".{trial_id}.fetching-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        client.download_artifacts(run_id, "trial", str(tmp))
+        missing = [name for name in SENT if not (tmp / "trial" / name).is_file()]
+        if missing:
+            notes.append(f"trial {trial_id} of the study has not sent all its files yet ({', '.join(missing)} "
+                         "missing); left out")
+            return False
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete copy (cached before this check existed)
+        try:
+            (tmp / "trial").rename(target)
+        except OSError:
+            if not all((target / name).is_file() for name in SENT):  # not another process's complete copy
+                raise
+        return True
+    except Exception as e:  # noqa: BLE001 - one trial missing is a note, not a failure
+        notes.append(f"trial {trial_id} of the study could not be fetched ({type(e).__name__}); left out")
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def gather(saved: SavedSearch, *, fetch: bool = True) -> Gathered:

@@ -75,6 +75,10 @@ def quiet() -> None:
     # An unreachable server must cost seconds, not minutes of retries with backoff.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # Against a server MLflow prints two links for every run it ends, and a progress bar for
+    # every download: a line or three per trial in a search's output, which says it better.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def connect(uri: str) -> Retrying:

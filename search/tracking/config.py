@@ -75,6 +75,20 @@ def tracking_uri(config: TrackingConfig, runs_dir: Path, space: str) -> str:
     return uri.format(runs_dir=runs_dir.resolve().as_posix(), space=space)
 
 
+def shared(uri: str, runs_dir: Path) -> bool:
+    """Whether workers with other runs folders (other machines) can log to the store at `uri`:
+    any store but a SQLite file or folder inside `runs_dir` (the default store is one)."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    elif uri.startswith("file:"):
+        path = Path(urllib.parse.urlsplit(uri).path)
+    elif "://" not in uri:
+        path = Path(uri)
+    else:
+        return True
+    return not path.resolve().is_relative_to(runs_dir.resolve())
+
+
 def unreachable(uri: str, timeout: float = 3.0) -> str | None:
     """Why an http(s) tracking server cannot be reached, or None when it answers."""
     if not uri.startswith(("http://", "https://")):
