@@ -99,6 +99,10 @@ class SearchHooks:
 
     def on_trial_end(self, search: SearchInfo, trial: TrialInfo, result: TrialResult) -> None: ...
 
+    def on_trial_lost(self, search: SearchInfo, trial_id: str) -> None:
+        """A shared study took trial `trial_id`'s worker (another process, maybe on another
+        machine) for dead: that worker will never end what it had open for the trial."""
+
     def on_search_end(self, search: SearchInfo, status: str) -> None:
         """`status` is COMPLETED, FAILED (the search stopped on errors) or KILLED."""
 
@@ -138,6 +142,9 @@ class HookList(SearchHooks):
 
     def on_trial_end(self, search, trial, result):
         self._call("on_trial_end", search, trial, result)
+
+    def on_trial_lost(self, search, trial_id):
+        self._call("on_trial_lost", search, trial_id)
 
     def on_search_end(self, search, status):
         self._call("on_search_end", search, status)

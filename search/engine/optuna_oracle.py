@@ -439,6 +439,7 @@ class OptunaOracle(kt.Oracle):
                 values=values, params=trial.params, distributions=trial.distributions, user_attrs=trial.user_attrs,
                 system_attrs={"recovers": trial.number})))
         self.recovered.append(trial.number)
+        self.on_lost(f"{trial.number:04d}")
         self.on_recovered(record)
         print(f"Optuna trial {trial.number} had ended ({record['status']}) when its worker stopped; told its "
               "recorded result instead of running it again.", flush=True)
@@ -479,6 +480,7 @@ class OptunaOracle(kt.Oracle):
             self.study.tell(t.number, state=TrialState.FAIL)
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
             return  # another worker failed it first, and queues it again
+        self.on_lost(f"{t.number:04d}")
         fresh = next(x for x in self.study.get_trials(deepcopy=False) if x.number == t.number)
         self._storage_call(lambda: RetryHeartbeatStaleTrialCallback()(self.study, fresh))
         print(f"Optuna trial {t.number} of worker {worker or t.user_attrs.get('worker', '?')} stopped ({why}): "

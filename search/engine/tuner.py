@@ -132,6 +132,8 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         self._current: TrialInfo | None = None
         if hasattr(oracle, "on_recovered"):  # Optuna: trials of dead workers told from their records
             oracle.on_recovered = self._publish_recorded
+        if hasattr(oracle, "on_lost"):  # Optuna: trials whose worker another worker found dead
+            oracle.on_lost = lambda trial_id: self.hooks.on_trial_lost(self.info, trial_id)
         super().__init__(
             oracle=oracle,
             hypermodel=_SpaceHyperModel(space),

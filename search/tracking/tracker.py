@@ -8,9 +8,11 @@ prints one warning and the search goes on with its results on disk.
 Statuses: a trial COMPLETED ends FINISHED, FAILED ends FAILED (the error in the `error`
 tag), KILLED ends KILLED; PRUNED (stopped early by the algorithm, on purpose) ends FINISHED.
 Every trial run also carries the search's own word in its `status` tag. Runs left RUNNING by
-a process that died (SIGKILL, a lost machine) are marked KILLED by the next search that
-starts in the experiment: at once when it can tell the process is gone, else once the run's
-`heartbeat` tag is older than `stale_after_minutes`.
+a process that died (SIGKILL, a lost machine), its search run and its trial's, are marked
+KILLED by another search of the experiment: by a worker of the same study as soon as the
+study finds the dead worker's trial; otherwise when a search starts or ends, at once when it
+can tell the process is gone (the same machine), else once the run's `heartbeat` tag is
+older than `stale_after_minutes`.
 
 Each trial run also gets the trial's model, val probabilities and record as artifacts
 (`trial/`), with the digest of the val labels as a tag, so that the report and the ensemble
@@ -129,7 +131,8 @@ class MlflowTracker(SearchHooks):
         self.experiment_id = clients.experiment_id(self.client, name, self.uri, self.config.artifact_location)
         self._kill_stale()
         self.parent_id = self._parent(search)
-        self.client.log_batch(self.parent_id, tags=self._tags(search_tags(search)))
+        _OPEN.add(self.parent_id)
+        self.client.log_batch(self.parent_id, tags=self._tags({**search_tags(search), **self._liveness()}))
         self._log_unreported(search)
         self.client.log_artifact(self.parent_id, str(search.space_path), "space")
         atomic.write_json(SpaceDir(search.space_dir).mlflow_record, {
@@ -152,14 +155,23 @@ class MlflowTracker(SearchHooks):
                 return found[1]
         return self.client.create_run(self.experiment_id, run_name=search.name).info.run_id
 
+    def _liveness(self) -> dict[str, str]:
+        """The tags that tell other processes whether this one's runs are still alive."""
+        return {"worker": json.dumps(self.worker.record()), "heartbeat": f"{time.time():.0f}"}
+
+    def _kill(self, run_id: str) -> None:
+        self.client.set_tag(run_id, "status", KILLED)
+        self.client.set_terminated(run_id, "KILLED")
+
     def _kill_stale(self) -> None:
-        """Trial runs still RUNNING whose process died will never end: mark them KILLED."""
+        """Runs still RUNNING (searches' and trials') whose process died will never end: mark them KILLED."""
         running = self.client.search_runs(
-            [self.experiment_id], filter_string="attributes.status = 'RUNNING' and tags.trial_id != ''",
-            max_results=1000)
+            [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
         now = time.time()
         for run in running:
             tags = run.data.tags
+            if "worker" not in tags or run.info.run_id in _OPEN:
+                continue  # a search run of a version that did not say who ran it; or this process's
             try:
                 owner = workers.Worker.from_record(json.loads(tags.get("worker", "null")))
             except ValueError:
@@ -169,10 +181,29 @@ class MlflowTracker(SearchHooks):
                 life = False  # an earlier search in this process, whose tracker is gone
             beat = float(tags.get("heartbeat") or run.info.start_time / 1000)
             stale = life is False or (life is None and now - beat > 60 * self.config.stale_after_minutes)
-            if not stale:
+            if stale:
+                self._kill(run.info.run_id)
+
+    @_guarded
+    def on_trial_lost(self, search: SearchInfo, trial_id: str) -> None:
+        """The study found the worker of `trial_id` dead: its trial run and its search run end KILLED."""
+        study = _study(search)
+        if not study:
+            return
+        running = self.client.search_runs(
+            [self.experiment_id], max_results=100,
+            filter_string=f"attributes.status = 'RUNNING' and tags.trial_id = '{trial_id}'")
+        for run in running:
+            if run.data.tags.get("study") != study or run.info.run_id in _OPEN:
                 continue
-            self.client.set_tag(run.info.run_id, "status", KILLED)
-            self.client.set_terminated(run.info.run_id, "KILLED")
+            self._kill(run.info.run_id)
+            parent = run.data.tags.get("mlflow.parentRunId")
+            if not parent or parent in _OPEN:
+                continue
+            search_run = self.client.get_run(parent)
+            # The dead worker's search, unless a new process of that machine has taken it up since.
+            if search_run.info.status == "RUNNING" and search_run.data.tags.get("worker") == run.data.tags.get("worker"):
+                self._kill(parent)
 
     def _log_unreported(self, search: SearchInfo) -> None:
         """Log the trials this folder recorded whose process died before it logged them (a kill
@@ -197,7 +228,7 @@ class MlflowTracker(SearchHooks):
 
     def _beat(self) -> None:
         while not self._beating.wait(HEARTBEAT_SECONDS):
-            for run_id in list(self._runs.values()):
+            for run_id in [self.parent_id, *self._runs.values()]:
                 try:
                     self.client.set_tag(run_id, "heartbeat", f"{time.time():.0f}")
                 except Exception:  # noqa: BLE001 - ended meanwhile, or a hiccup: the next beat
@@ -209,10 +240,10 @@ class MlflowTracker(SearchHooks):
         self._wait_for_background()
         for trial_id, run_id in list(self._runs.items()):  # trials that never reached their end
             self._flush(run_id)
-            self.client.set_tag(run_id, "status", KILLED)
-            self.client.set_terminated(run_id, "KILLED")
+            self._kill(run_id)
             del self._runs[trial_id]
             _OPEN.discard(run_id)
+        self._kill_stale()  # what workers that died meanwhile left open (on this machine, at once)
         if status != KILLED and self.config.log_models != "none":
             self._log_best_model(search)
         folder = SpaceDir(search.space_dir)
@@ -221,6 +252,7 @@ class MlflowTracker(SearchHooks):
                 self.client.log_artifact(self.parent_id, str(path))
         self.client.set_tag(self.parent_id, "status", status)
         self.client.set_terminated(self.parent_id, RUN_STATUS[status])
+        _OPEN.discard(self.parent_id)
 
     # Trials ------------------------------------------------------------------------------
     @_guarded
@@ -229,11 +261,9 @@ class MlflowTracker(SearchHooks):
 
         tags = {
             "mlflow.parentRunId": self.parent_id, "trial_id": trial.trial_id, "trial_number": str(trial.number),
-            "status": "RUNNING", "backbone": trial.model, "worker": json.dumps(self.worker.record()),
-            "heartbeat": f"{time.time():.0f}", "space": search.name,
+            "status": "RUNNING", "backbone": trial.model, **self._liveness(), "space": search.name,
         }
-        study = search.settings.get("options", {}).get("study") or (
-            search.name if uses_optuna(str(search.settings.get("algorithm"))) else None)
+        study = _study(search)
         if study:
             tags["study"] = str(study)
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number:03d}-{trial.trial_id}",
@@ -374,3 +404,10 @@ class MlflowTracker(SearchHooks):
         from mlflow.entities import RunTag
 
         return [RunTag(k, str(v)[:TAG_LIMIT]) for k, v in tags.items()]
+
+
+def _study(search: SearchInfo) -> str | None:
+    """The Optuna study a search's trials belong to (None for Keras Tuner's algorithms)."""
+    study = search.settings.get("options", {}).get("study") or (
+        search.name if uses_optuna(str(search.settings.get("algorithm"))) else None)
+    return str(study) if study else None

@@ -74,7 +74,8 @@ def check_mlflow(uri: str, finished: set[str]) -> None:
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, max_results=5000)
-    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    running = [(r.info.run_name, r.data.tags.get("worker")) for r in runs if r.info.status == "RUNNING"]
+    assert not running, f"runs left RUNNING: {running}"
     logged = [r.data.tags["trial_id"] for r in runs if r.data.tags.get("trial_id") and r.info.status == "FINISHED"]
     assert sorted(logged) == sorted(finished), (sorted(logged), sorted(finished))
 

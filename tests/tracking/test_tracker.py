@@ -231,6 +231,44 @@ def test_a_run_of_a_dead_process_is_killed_at_once_and_one_elsewhere_by_age(begu
     assert statuses == {"dead": "KILLED", "far-and-silent": "KILLED", "far-and-beating": "RUNNING"}
 
 
+def test_a_worker_the_study_found_dead_has_its_runs_killed_at_once_and_no_one_elses(tmp_path, monkeypatch):
+    """A worker on another machine cannot be seen to die; when a worker of the same study
+    takes its trial for dead, that trial's run and the dead worker's search run end KILLED
+    then, not 30 minutes later, and a live worker's runs and another study's are left alone."""
+    from search.runs import workers
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    search = search_info(tmp_path)
+    search.settings.update(algorithm="tpe", options={"study": "shared"})
+    me = tracking.MlflowTracker(TrackingConfig(log_models="none"))
+    me.on_search_begin(search)
+    far = {name: workers.Worker(f"machine-{name}", 7, "", "ns", name) for name in ("dead", "alive")}
+    runs = {}
+    for name, worker in far.items():
+        beating = {"worker": json.dumps(worker.record()), "heartbeat": f"{time.time():.0f}"}
+        parent = client.create_run(me.experiment_id, run_name=f"search-{name}", tags=beating).info.run_id
+        runs[f"search-{name}"] = parent
+        for study, trial_id in (("shared", "0003" if name == "dead" else "0004"), ("other", "0003")):
+            runs[f"{study}-{trial_id}-{name}"] = client.create_run(me.experiment_id, run_name=trial_id, tags={
+                **beating, "mlflow.parentRunId": parent, "trial_id": trial_id, "study": study}).info.run_id
+    me.on_trial_lost(search, "0003")
+    statuses = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
+    assert statuses == {"search-dead": "KILLED", "shared-0003-dead": "KILLED", "other-0003-dead": "RUNNING",
+                        "search-alive": "RUNNING", "shared-0004-alive": "RUNNING", "other-0003-alive": "RUNNING"}
+    assert client.get_run(me.parent_id).info.status == "RUNNING"
+
+
+def test_only_a_store_outside_the_runs_folder_is_shared_with_other_machines(tmp_path):
+    from search.tracking.config import shared
+
+    runs = tmp_path / "runs"
+    assert not shared(f"sqlite:///{runs}/mlflow.db", runs)
+    assert not shared(f"file://{runs}/mlruns", runs) and not shared(str(runs / "mlruns"), runs)
+    assert shared(f"sqlite:///{tmp_path}/nfs/mlflow.db", runs)
+    assert shared("http://127.0.0.1:5000", runs) and shared("postgresql://u:p@db/mlflow", runs)
+
+
 def test_three_trackers_starting_at_once_on_a_fresh_store_all_track(tmp_path):
     """MLflow's first use of a SQLite file migrates its schema; three processes doing it at the
     same instant raced ("duplicate column name") and the losers silently stopped tracking."""
