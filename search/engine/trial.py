@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from search import metrics
 from search.data.dataset import ImageData
-from search.engine.validation import ValidationPass
+from search.engine.validation import EpochLine, ValidationPass
 from search.hparams import TrialConfig
 from search.models import build
 from search.models.schedules import learning_rate_schedule
@@ -106,7 +106,7 @@ def train(
         chain.append(keras.callbacks.EarlyStopping(
             monitor=objective, mode=metrics.direction(objective), restore_best_weights=True,
             patience=patience or epochs + 1))
-    chain += list(callbacks)
+    chain += [*callbacks, EpochLine()]
 
     started = time.monotonic()
     fit = model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,

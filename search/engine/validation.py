@@ -65,3 +65,12 @@ class ValidationPass(keras.callbacks.Callback):
         if len(self.labels) != count:
             self.labels = np.concatenate([y for _, y in self.dataset.as_numpy_iterator()])
         return self.labels
+
+
+class EpochLine(keras.callbacks.ProgbarLogger):
+    """Keras' progress line, less the per-class accuracies: one number per class (104 for the
+    flowers) would fill the screen every epoch. They still reach the history, MLflow and
+    trials.csv. Put it last in `callbacks`, so that the line shows what the others added."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        super().on_epoch_end(epoch, {k: v for k, v in (logs or {}).items() if not k.startswith(PER_CLASS)})

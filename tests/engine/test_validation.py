@@ -9,7 +9,7 @@ import tensorflow as tf
 from sklearn.datasets import load_digits
 
 from search.models.build import SparseCategoricalCrossentropyWithSmoothing
-from search.engine.validation import ValidationPass
+from search.engine.validation import PER_CLASS, EpochLine, ValidationPass
 
 
 def _digits() -> tuple[tf.data.Dataset, tf.data.Dataset, np.ndarray]:
@@ -65,3 +65,13 @@ def test_without_the_monitor_in_the_logs_the_latest_epoch_is_kept():
     model.fit(train, epochs=2, callbacks=[validation], verbose=0)
     assert validation.best_epoch == 1 and validation.best is None
     assert np.allclose(validation.probabilities, model.predict(val, verbose=0), atol=1e-6)
+
+
+def test_the_epoch_line_leaves_out_per_class_accuracies_that_the_history_keeps(capsys):
+    train, val, labels = _digits()
+    model = _model(0.0)
+    validation = ValidationPass(val, labels, monitor="val_accuracy", mode="max")
+    history = model.fit(train, epochs=2, callbacks=[validation, EpochLine()], verbose=2).history
+    printed = capsys.readouterr().out
+    assert "val_accuracy" in printed and "val_f1" in printed and PER_CLASS not in printed
+    assert len([k for k in history if k.startswith(PER_CLASS)]) == 10
