@@ -54,6 +54,7 @@ def progress(
                 bar.update(1 if size is None else size(item))
         return
     started = time.monotonic()
+    units = unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")
     said_start = False
     next_quarter = 1
     done = 0
@@ -62,13 +63,13 @@ def progress(
         done += 1 if size is None else size(item)
         elapsed = time.monotonic() - started
         if not said_start and elapsed > QUIET_SECONDS:
-            print(f"{what}: {done}{f' of {total}' if total else ''} {unit}s ...", file=sys.stderr, flush=True)
+            print(f"{what}: {done}{f' of {total}' if total else ''} {units} ...", file=sys.stderr, flush=True)
             said_start = True
         if said_start and total and done >= next_quarter * total / 4 and next_quarter < 4:
-            print(f"{what}: {done} of {total} {unit}s ({elapsed:.0f} s)", file=sys.stderr, flush=True)
+            print(f"{what}: {done} of {total} {units} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
             next_quarter += 1
     if said_start:
-        print(f"{what}: {done} {unit}s in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        print(f"{what}: {done} {units} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
 
 
 # What libjpeg prints on stderr for a broken JPEG while it decodes it, one line each (its
