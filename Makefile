@@ -27,8 +27,7 @@ test: $(STAMP) test-data test-servers
 	$(VENV)/bin/mypy search
 	$(PY) -m pytest -q -m "not slow" --durations=10
 
-# Multi-minute end-to-end checks: the report's spaces as written, three Optuna workers
-# sharing a study, ensembles on a real search.
+# Multi-minute end-to-end checks: the report's spaces as written, on small real stand-ins of their data.
 test-slow: $(STAMP) test-data test-servers
 	$(PY) -m pytest -q -m slow --durations=10
 

@@ -1,5 +1,5 @@
 """A search killed with SIGKILL at 10 random moments, then resumed, ends with exactly max_trials
-distinct finished trials, none run twice, no MLflow run left RUNNING (slow: `make test-slow`)."""
+distinct finished trials, none run twice, no MLflow run left RUNNING."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ KILLS = 10
 MAX_TRIALS = 8
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["random", "tpe"])
 def test_ten_random_kills_then_a_resume_end_with_exactly_max_trials(zygote, tmp_path, digits_folders, algorithm):
     rng = random.Random(algorithm)

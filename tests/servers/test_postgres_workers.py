@@ -7,7 +7,6 @@ import collections
 from pathlib import Path
 
 import optuna
-import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
@@ -54,12 +53,6 @@ def recipe(url: str, digits: Path, root: Path, workers: int = 3) -> list[str]:
             f"trials per worker {per_worker}; one promotion"]
 
 
-def test_three_workers_started_at_once_on_an_empty_database(database, digits_folders, tmp_path):
-    for attempt in range(2):  # two fresh databases here; five in the slow test below
-        print(f"database {attempt + 1}:", *recipe(database(), digits_folders, tmp_path / str(attempt)))
-
-
-@pytest.mark.slow
 def test_three_workers_started_at_once_on_five_empty_databases(database, digits_folders, tmp_path):
     for attempt in range(5):
         print(f"database {attempt + 1}:", *recipe(database(), digits_folders, tmp_path / str(attempt)))
