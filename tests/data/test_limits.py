@@ -184,3 +184,38 @@ def test_a_dry_run_on_corrupt_jpegs_prints_only_its_own_lines(digits, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # the dataset's description, skipped files and all, is on stdout
     assert "1/cut.jpg: " in done.stdout and "1/garbage.jpg" in done.stdout
+
+
+def _zip(path: Path, entries: dict[str, bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("case", ["bomb", "over the limit", "no room", "outside"])
+def test_a_zip_that_could_harm_the_machine_is_refused_in_one_line_before_anything_is_written(
+        digits, tmp_path, monkeypatch, case):
+    from search.data import archive
+
+    images = {f"faces/train/{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(digits.rglob("*.png"))[:6]}
+    if case == "bomb":
+        images["faces/train/0/huge.png"] = b"\0" * (8 * 2**20)  # 8 MB that compress a thousandfold
+    if case == "outside":
+        images["../escaped.png"] = b"x"
+    if case == "over the limit":
+        monkeypatch.setattr(archive, "MAX_TOTAL_BYTES", 100)
+    if case == "no room":
+        free = shutil.disk_usage(tmp_path)._replace(free=1000)
+        monkeypatch.setattr(archive.shutil, "disk_usage", lambda path: free)
+    data = _zip(tmp_path / "faces.zip", images)
+    runs = tmp_path / "runs"
+    expected = {"bomb": "zip bomb", "over the limit": "SEARCH_ZIP_MAX_BYTES", "no room": "free some space",
+                "outside": "outside its own folder"}[case]
+    with pytest.raises(DataError, match=expected) as error:
+        open_data(Data(str(data)), runs_dir=runs)
+    assert "\n" not in str(error.value) and str(data) in str(error.value)
+    extracted = list((runs / ".data").glob("*")) if (runs / ".data").exists() else []
+    assert extracted == [] and not (tmp_path / "escaped.png").exists()
