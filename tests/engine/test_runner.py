@@ -189,6 +189,33 @@ def test_fresh_removes_nothing_until_everything_validates(tmp_path, digits_folde
     assert sorted(p.name for p in (tmp_path / "tiny" / "trials").iterdir()) == kept
 
 
+def test_fresh_with_a_shared_storage_deletes_that_study_or_refuses_while_a_worker_runs(tmp_path, digits_folders,
+                                                                                       capsys):
+    import optuna
+
+    from search.engine.optuna_oracle import open_storage
+
+    journal = tmp_path / "shared.journal"
+    args = [str(TINY), "--data", str(digits_folders), "--algorithm", "tpe", "--storage", str(journal),
+            "--max-trials", "1", "--runs-dir", str(tmp_path / "runs"), "--no-tracking", "--no-ensemble", "--quiet"]
+
+    def study() -> optuna.Study:
+        return optuna.load_study(study_name="tiny", storage=open_storage(str(journal), tmp_path))
+
+    assert run.main(args) == 0
+    elsewhere = study().ask()  # a worker on another machine is running a trial of the study
+    capsys.readouterr()
+    assert run.main([*args, "--fresh"]) == 2
+    err = capsys.readouterr().err
+    assert "has 1 running trial(s)" in err and "optuna delete-study --study-name tiny" in err and err.count("\n") == 1
+    assert len(study().trials) == 2 and (tmp_path / "runs" / "tiny" / "trials" / "0000" / "result.json").is_file()
+    study().tell(elsewhere.number, state=optuna.trial.TrialState.FAIL)  # it ended
+    assert run.main([*args, "--fresh"]) == 0
+    assert "--fresh: deleting Optuna study 'tiny' (2 trials)" in capsys.readouterr().out
+    trials = study().trials
+    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE")]
+
+
 def test_no_tracking_leaves_mlflow_out(tmp_path, digits_folders, monkeypatch):
     from search.tracking import tracker
 
