@@ -350,6 +350,10 @@ class OptunaOracle(kt.Oracle):
         trials = self.study.get_trials(deepcopy=False)
         return sum(1 for t in counted(trials) if t.state.is_finished())
 
+    def completed_count(self) -> int:
+        """The study's trials that ended with a result (complete or pruned), whichever worker ran them."""
+        return sum(1 for t in self.study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+
     def _ask(self) -> optuna.Trial | None:
         """The next trial of the study, or None when the study has all its trials."""
         while True:

@@ -311,8 +311,12 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
     if status == RECYCLE:  # the search is not over: its hooks and MLflow run stay open
         hook_list.on_search_pause(info)
         return outcome
-    if status in (COMPLETED, STOPPED) and outcome.finished == 0:
-        errors = [str(e) for e in table["error"].dropna()] if "error" in table else []
+    others = tuner.oracle.completed_count() if hasattr(tuner.oracle, "completed_count") else 0
+    errors = [str(e) for e in table["error"].dropna()] if "error" in table else []
+    if status in (COMPLETED, STOPPED) and outcome.finished == 0 and others and not errors:
+        # A worker that joined a shared study when the other workers had run all its trials.
+        outcome.message = f"study {outcome.study!r} has its {others} finished trials; the other workers ran them."
+    elif status in (COMPLETED, STOPPED) and outcome.finished == 0:
         outcome.status = FAILED
         outcome.message = (f"no trial finished: {_common_error(errors)}. Details: {folder.trials}/*/error.txt"
                            if errors else "no trial finished.")

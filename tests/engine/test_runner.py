@@ -216,6 +216,18 @@ def test_fresh_with_a_shared_storage_deletes_that_study_or_refuses_while_a_worke
     assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE")]
 
 
+def test_a_worker_that_joins_a_study_already_done_ran_nothing_and_that_is_no_failure(tmp_path, digits_folders,
+                                                                                    capsys):
+    journal = tmp_path / "shared.journal"
+    args = [str(TINY), "--data", str(digits_folders), "--algorithm", "tpe", "--storage", str(journal),
+            "--max-trials", "1", "--no-tracking", "--no-ensemble", "--quiet"]
+    assert run.main([*args, "--runs-dir", str(tmp_path / "machine1")]) == 0
+    capsys.readouterr()
+    assert run.main([*args, "--runs-dir", str(tmp_path / "machine2")]) == 0  # another machine, come late
+    err = capsys.readouterr().err
+    assert "study 'tiny' has its 1 finished trials; the other workers ran them." in err and "error" not in err
+
+
 def test_no_tracking_leaves_mlflow_out(tmp_path, digits_folders, monkeypatch):
     from search.tracking import tracker
 
