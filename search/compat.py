@@ -123,6 +123,13 @@ def trial_id(trial: Any) -> int:
     return int(trial._trial_id)
 
 
+def set_user_attr(study: Any, trial: Any, key: str, value: Any) -> None:
+    """Set a user attribute on a running trial of another process. `optuna.Trial(study, id)`
+    would also run the sampler's `before_trial` on it; this writes the attribute alone.
+    Relies on `Study._storage` (its `set_trial_user_attr` is public)."""
+    study._storage.set_trial_user_attr(trial_id(trial), key, value)
+
+
 def stale_trial_ids(study: Any) -> list[int]:
     """The running trials whose Optuna heartbeat is older than the storage's grace period.
     `optuna.storages.fail_stale_trials` fails all of them at once; the caller here first

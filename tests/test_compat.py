@@ -98,3 +98,5 @@ def test_optuna_trials_still_carry_their_storage_id_and_rdb_its_stale_query(tmp_
     time.sleep(2.1)
     assert compat.stale_trial_ids(study) == [compat.trial_id(trial)]
     assert np.isscalar(compat.trial_id(trial))
+    compat.set_user_attr(study, study.get_trials()[0], "lost", {"trial": 0})
+    assert study.get_trials()[0].user_attrs["lost"] == {"trial": 0}

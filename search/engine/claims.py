@@ -5,8 +5,10 @@ promote the champion. `claim(key)` is a compare-and-set: the first caller wins a
 callers learn who did. On an RDB storage (PostgreSQL, MySQL, SQLite) it is an INSERT into a
 table of our own beside Optuna's, whose primary key makes the second INSERT fail; on the
 journal file it is a file under an exclusive lock beside the journal. A claim whose holder
-is known to be dead (see search.runs.workers) and never finished is taken over with a
-conditional UPDATE (or under the same lock), so a killed promoter does not block the study.
+is known to be dead (see search.runs.workers), or older than the caller's `stale_after`, and
+never finished is taken over with a conditional UPDATE (or under the same lock), so a killed
+promoter does not block the study. The same serves any once-only step of a shared study
+(queueing a dead worker's trial again: search.engine.optuna_oracle).
 """
 
 from __future__ import annotations
@@ -22,8 +24,13 @@ from search.runs.locks import FolderLock
 TABLE = "transfer_search_claims"
 
 
-def _takeable(holder: dict[str, Any]) -> bool:
-    return not holder.get("done") and workers.alive(workers.Worker.from_record(holder.get("worker"))) is False
+def _takeable(holder: dict[str, Any], stale_after: float | None) -> bool:
+    """Unfinished, and its holder dead or (where the caller says how long the work takes at most) too old."""
+    if holder.get("done"):
+        return False
+    if workers.alive(workers.Worker.from_record(holder.get("worker"))) is False:
+        return True
+    return stale_after is not None and time.time() - float(holder.get("claimed_at") or 0) > stale_after
 
 
 def _me() -> dict[str, Any]:
@@ -56,7 +63,7 @@ class Claims:
                     time.sleep(0.2 * (attempt + 1))
         return self._claims
 
-    def _claim_rdb(self, key: str) -> tuple[bool, dict[str, Any]]:
+    def _claim_rdb(self, key: str, stale_after: float | None) -> tuple[bool, dict[str, Any]]:
         import sqlalchemy as sa
 
         table, mine = self._table(), _me()
@@ -69,7 +76,7 @@ class Claims:
         with self._engine.begin() as db:
             text = db.execute(sa.select(table.c.holder).where(table.c.key == key)).scalar_one()
             holder = json.loads(text)
-            if _takeable(holder):
+            if _takeable(holder, stale_after):
                 taken = db.execute(table.update().where(table.c.key == key, table.c.holder == text)
                                    .values(holder=json.dumps(mine)))
                 if taken.rowcount == 1:
@@ -98,14 +105,14 @@ class Claims:
     def _file(self, key: str) -> Path:
         return self._folder / f"{key.replace('/', '_').replace(':', '_')}.json"
 
-    def _claim_file(self, key: str) -> tuple[bool, dict[str, Any]]:
+    def _claim_file(self, key: str, stale_after: float | None) -> tuple[bool, dict[str, Any]]:
         with FolderLock(self._folder / ".lock", doing="claiming", wait=60):
             path = self._file(key)
             try:
                 holder = json.loads(path.read_text())
             except (OSError, ValueError):
                 holder = None
-            if holder is None or _takeable(holder):
+            if holder is None or _takeable(holder, stale_after):
                 mine = _me()
                 atomic.write_json(path, mine)
                 return True, mine
@@ -121,9 +128,11 @@ class Claims:
     def _rdb(self) -> bool:
         return "://" in self.storage
 
-    def claim(self, key: str) -> tuple[bool, dict[str, Any]]:
-        """(True, my record) when this process now holds `key`, else (False, the holder's)."""
-        return self._claim_rdb(key) if self._rdb else self._claim_file(key)
+    def claim(self, key: str, *, stale_after: float | None = None) -> tuple[bool, dict[str, Any]]:
+        """(True, my record) when this process now holds `key`, else (False, the holder's).
+        `stale_after`: seconds after which an unfinished claim is taken over even from a holder
+        whose life cannot be checked (another machine)."""
+        return self._claim_rdb(key, stale_after) if self._rdb else self._claim_file(key, stale_after)
 
     def finish(self, key: str) -> None:
         """Mark the claim's work done: nobody takes it over after this."""

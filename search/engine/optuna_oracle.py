@@ -36,11 +36,12 @@ from optuna.trial import TrialState
 
 from search import compat
 from search.declare import Search
+from search.engine.claims import Claims
 from search.engine.heartbeat import Heartbeat
 from search.engine.hooks import PRUNED, TrialResult
 from search.errors import SearchError
 from search.redaction import redact
-from search.runs import workers
+from search.runs import faults, workers
 from search.runs.layout import SpaceDir
 
 PRUNERS = ("median", "hyperband", "successive_halving", "none")
@@ -52,6 +53,16 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 # Optuna warns on every `ask` from an RDB storage with a heartbeat outside `Study.optimize`;
 # here the heartbeat is beaten by search.engine.heartbeat instead of optimize's thread.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+# The user attribute that marks a trial failed because its worker died: {"trial": its number,
+# "why": how that was seen}. Such a trial is owed a retry with the same values. The number
+# tells the trial apart from its retries, which Optuna gives a copy of its user attributes.
+LOST = "lost"
+
+
+def lost(trial: optuna.trial.FrozenTrial) -> str | None:
+    """Why `trial` was failed as a dead worker's, or None when it was not."""
+    mark = trial.user_attrs.get(LOST)
+    return str(mark.get("why")) if isinstance(mark, dict) and mark.get("trial") == trial.number else None
 # Storage errors worth a retry: a lost connection, a lock, a race creating tables.
 _RETRIES = 5
 # The Python driver each RDB URL form needs, and the package that provides it.
@@ -270,6 +281,7 @@ class OptunaOracle(kt.Oracle):
         self._heartbeat: Heartbeat | None = None
         self._rdb = bool(self.storage_url and "://" in self.storage_url)
         self._rdb_storage: optuna.storages.RDBStorage | None = None
+        self._claims: Claims | None = None
 
     # Where the study lives ------------------------------------------------------------
     @property
@@ -303,6 +315,7 @@ class OptunaOracle(kt.Oracle):
         # An RDB storage with Optuna's heartbeat (not SQLite, not the journal file).
         beats = isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
         self._rdb_storage = storage if isinstance(storage, optuna.storages.RDBStorage) and beats else None
+        self._claims = Claims(storage_for_children(self.storage_url, self.folder.path))
         try:
             self._study = optuna.create_study(
                 study_name=self.name, storage=storage, pruner=self.pruner,
@@ -462,6 +475,15 @@ class OptunaOracle(kt.Oracle):
                 if record is not None and self._values(record) is not None:
                     self._tell_recorded(t, record)  # its WAITING retry is skipped when asked
                 continue
+            if t.state == TrialState.FAIL and lost(t) and t.number not in retried and t.number not in recovered:
+                # Failed as a dead worker's by a worker that died before queueing it again.
+                record = self._record(t)
+                if record is not None and self._values(record) is not None:
+                    self._tell_recorded(t, record)
+                elif self._requeue(t.number):
+                    print(f"Optuna trial {t.number} had been failed ({lost(t)}) by a worker that stopped "
+                          "before queueing it again: queued again with the same values.", flush=True)
+                continue
             if t.state != TrialState.RUNNING or f"{t.number:04d}" in self._asked:
                 continue
             worker = workers.Worker.from_record(t.user_attrs.get("worker"))
@@ -480,15 +502,37 @@ class OptunaOracle(kt.Oracle):
                                        f"no heartbeat for {self.grace_period:.0f}s")
 
     def _fail_and_requeue(self, t: optuna.trial.FrozenTrial, worker: workers.Worker | None, why: str) -> None:
+        """Fail a dead worker's trial and queue it again with its values. Failing and queueing
+        are two writes: the trial is marked LOST first, so that a FAIL whose retry never came
+        (this process killed in between) is told apart from a trial that failed on its own, and
+        queued by the next `reap`."""
         try:
+            mark = {"trial": t.number, "why": why}
+            self._storage_call(lambda: compat.set_user_attr(self.study, t, LOST, mark))
             self.study.tell(t.number, state=TrialState.FAIL)
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
             return  # another worker failed it first, and queues it again
         self.on_lost(f"{t.number:04d}")
-        fresh = next(x for x in self.study.get_trials(deepcopy=False) if x.number == t.number)
-        self._storage_call(lambda: RetryHeartbeatStaleTrialCallback()(self.study, fresh))
-        print(f"Optuna trial {t.number} of worker {worker or t.user_attrs.get('worker', '?')} stopped ({why}): "
-              "failed, and queued again with the same values.", flush=True)
+        faults.point("reaped")
+        if self._requeue(t.number):
+            print(f"Optuna trial {t.number} of worker {worker or t.user_attrs.get('worker', '?')} stopped ({why}): "
+                  "failed, and queued again with the same values.", flush=True)
+
+    def _requeue(self, number: int) -> bool:
+        """Queue the failed trial `number` again with its values, once whichever workers try:
+        under a claim in the study's storage, taken over when its holder died before queueing."""
+        claims = self._claims
+        assert claims is not None
+        key = f"{self.name}:retry:{number}"
+        won, _ = self._storage_call(lambda: claims.claim(key, stale_after=self.grace_period))
+        if not won:
+            return False
+        trials = self.study.get_trials(deepcopy=False)
+        if number not in {n for x in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(x)}:
+            failed = next(x for x in trials if x.number == number)
+            self._storage_call(lambda: RetryHeartbeatStaleTrialCallback()(self.study, failed))
+        self._storage_call(lambda: claims.finish(key))
+        return True
 
     def _storage_call(self, call: Callable[[], Any]) -> Any:
         """A storage call, retried on the errors a shared database or file can give for a moment."""

@@ -153,6 +153,44 @@ def test_a_trial_whose_worker_stopped_beating_is_failed_and_queued_again(tmp_pat
     oracle.stop_heartbeat()
 
 
+def test_a_dead_workers_trial_failed_by_a_worker_that_died_too_is_queued_once_by_the_next(tmp_path):
+    """Failing a dead worker's trial and queueing it again are two writes; a reaper killed
+    between them left a FAIL that used up the budget. The next reap queues it, once however many
+    workers reap, and never a trial that failed on its own or a retry that inherited the mark."""
+    search = Search(algorithm="tpe", max_trials=4, options={"heartbeat_interval": 1, "grace_period": 5})
+
+    def oracle_of(folder: str) -> OptunaOracle:
+        made = OptunaOracle(search, 0, objective=kt.Objective("val_accuracy", "max"))
+        made._set_project_dir(str(tmp_path / folder), made.tuner_project)
+        return made
+
+    first = oracle_of("fake")
+    study = first.study
+    dead, broken = study.ask(), study.ask()
+    _foreign(dead, time.time() - 60)
+    _foreign(broken, time.time())
+    # What a reaper killed after its tell did: marked and failed, no retry queued.
+    optuna_oracle.compat.set_user_attr(study, dead, optuna_oracle.LOST, {"trial": dead.number, "why": "gone"})
+    study.tell(dead.number, state=TrialState.FAIL)
+    study.tell(broken.number, state=TrialState.FAIL)  # failed on its own: it counts, as any failure
+    others = [oracle_of("fake") for _ in range(2)]
+    for oracle in (first, *others):
+        oracle.reap()
+    trials = study.get_trials()
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.WAITING and retries[0].params == dead.params
+    assert not [t for t in trials if t.system_attrs.get("failed_trial") == broken.number]
+    # The retry inherits the mark (Optuna copies user attributes); failing on its own, it is not queued.
+    assert retries[0].user_attrs[optuna_oracle.LOST]["trial"] == dead.number
+    taken = study.ask()  # a worker takes the retry, and it fails in training
+    assert taken.number == retries[0].number
+    study.tell(taken.number, state=TrialState.FAIL)
+    first.reap()
+    assert len(study.get_trials()) == 3
+    for oracle in (first, *others):
+        oracle.stop_heartbeat()
+
+
 def test_a_live_worker_is_never_failed_however_late_its_heartbeat(tmp_path):
     from search.runs import workers
 

@@ -33,6 +33,7 @@ KERAS_TUNER_CHAIN = [
 OPTUNA_CHAIN = [
     "point:after-record@1",  # recorded, the study not told: its trial is told from the record
     "point:epoch-end@2",  # during fit: the study trial is failed and run again with its values
+    "point:reaped@1",  # that trial failed by the next start, which dies before queueing it again
     "point:after-tell@1",  # told, trials.csv and MLflow not updated
     "write:result.json@1",
     "point:promotion@1",
