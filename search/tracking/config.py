@@ -45,7 +45,7 @@ class TrackingConfig:
     # report and the ensemble of a study shared by several machines see all of its trials.
     log_trial_artifacts: bool = True
     # A RUNNING run whose process cannot be checked (another machine) and whose heartbeat tag
-    # is older than this is marked KILLED by the next search that starts.
+    # is older than this is marked KILLED by the next search that starts or ends.
     stale_after_minutes: float = 30.0
 
 
