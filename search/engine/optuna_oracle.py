@@ -63,6 +63,9 @@ def lost(trial: optuna.trial.FrozenTrial) -> str | None:
     """Why `trial` was failed as a dead worker's, or None when it was not."""
     mark = trial.user_attrs.get(LOST)
     return str(mark.get("why")) if isinstance(mark, dict) and mark.get("trial") == trial.number else None
+# Seconds after which a running trial that names no worker is taken for orphaned (its worker
+# records itself right after asking); the grace period when that is shorter.
+ORPHAN_AFTER = 30.0
 # Storage errors worth a retry: a lost connection, a lock, a race creating tables.
 _RETRIES = 5
 # The Python driver each RDB URL form needs, and the package that provides it.
@@ -381,6 +384,7 @@ class OptunaOracle(kt.Oracle):
                 time.sleep(min(self.heartbeat_interval, 5.0))  # another worker's trial may still die
                 continue
             trial = self._storage_call(self.study.ask)
+            faults.point("asked")
             # A new sampler per trial: stateless across trials, seeded by the trial's number, so a
             # resumed search does not replay the same values, and neither do workers that asked at
             # the same instant (they saw the same trials, but got different numbers). Optuna
@@ -495,8 +499,18 @@ class OptunaOracle(kt.Oracle):
                 self._tell_recorded(t, record)
                 continue
             beat = t.user_attrs.get("heartbeat")
-            stale = life is False or (compat.trial_id(t) in stale_ids if self._rdb
-                                       else workers.beat_is_stale(float(beat) if beat else None, self.grace_period))
+            started = t.datetime_start.timestamp() if t.datetime_start else None
+            if worker is None and beat is None:
+                # Its worker died between asking for it and saying who it is, milliseconds apart:
+                # no heartbeat will ever come, so its age is all there is to go by.
+                if workers.beat_is_stale(started, min(self.grace_period, ORPHAN_AFTER)):
+                    self._fail_and_requeue(t, None, "its worker died as it asked for it")
+                continue
+            if beat is None:  # its worker died after saying who it is, before its first beat
+                stale = life is False or workers.beat_is_stale(started, self.grace_period)
+            else:
+                stale = life is False or (compat.trial_id(t) in stale_ids if self._rdb
+                                           else workers.beat_is_stale(float(beat), self.grace_period))
             if stale:
                 self._fail_and_requeue(t, worker, "its process is gone" if life is False else
                                        f"no heartbeat for {self.grace_period:.0f}s")

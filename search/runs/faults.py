@@ -23,6 +23,7 @@ ENV = "SEARCH_FAULT"
 
 # The named moments of a trial's life, in order.
 POINTS = (
+    "asked",  # Optuna: a study trial was asked for; its worker is not recorded on it yet
     "trial-begin",  # a trial was handed out, nothing trained yet
     "epoch-end",  # during fit: after each epoch's logs
     "model-saved",  # the trial's model.keras is written, its record is not

@@ -191,6 +191,28 @@ def test_a_dead_workers_trial_failed_by_a_worker_that_died_too_is_queued_once_by
         oracle.stop_heartbeat()
 
 
+def test_a_trial_whose_worker_died_before_saying_who_it_is_is_queued_again_by_its_age(tmp_path):
+    """A worker killed between asking for a trial and recording itself on it (or its first
+    beat) left a RUNNING trial that no heartbeat would ever make stale: the last worker
+    waited for it for ever. Its age now stands in for the missing heartbeat."""
+    search = Search(algorithm="tpe", max_trials=3, options={"heartbeat_interval": 1, "grace_period": 1})
+    oracle = OptunaOracle(search, 0, objective=kt.Objective("val_accuracy", "max"))
+    oracle._set_project_dir(str(tmp_path / "fake"), oracle.tuner_project)
+    study = oracle.study
+    nameless, silent = study.ask(), study.ask()
+    silent.set_user_attr("worker", {"host": "another-machine", "pid": 4242, "started": "1",
+                                    "namespace": "elsewhere", "token": "cafe"})
+    oracle.reap()
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.RUNNING]  # not yet
+    time.sleep(1.2)
+    oracle.reap()
+    trials = study.get_trials()
+    assert [t.state for t in trials[:2]] == [TrialState.FAIL, TrialState.FAIL]
+    assert sorted(t.system_attrs["failed_trial"] for t in trials[2:]) == [nameless.number, silent.number]
+    assert all(t.state == TrialState.WAITING for t in trials[2:])
+    oracle.stop_heartbeat()
+
+
 def test_a_live_worker_is_never_failed_however_late_its_heartbeat(tmp_path):
     from search.runs import workers
 
