@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 
 from search import compat
 from search.declare import Search
+from search.engine import interrupts
 from search.engine.claims import Claims
 from search.engine.heartbeat import Heartbeat
 from search.engine.hooks import PRUNED, TrialResult
@@ -382,6 +383,7 @@ class OptunaOracle(kt.Oracle):
                     return None
                 self._keep_alive()
                 time.sleep(min(self.heartbeat_interval, 5.0))  # another worker's trial may still die
+                interrupts.check()
                 continue
             trial = self._storage_call(self.study.ask)
             faults.point("asked")

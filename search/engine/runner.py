@@ -13,7 +13,6 @@ import dataclasses
 import datetime
 import gc
 import json
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from search.data.dataset import ImageData, open_data
-from search.engine import oracles, strategy as strategies
+from search.engine import interrupts, oracles, strategy as strategies
 from search.engine.algorithms import uses_optuna
 from search.engine.budget import Budget, BudgetSpent, parse
 from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED, STOPPED, HookList, SearchHooks, SearchInfo
@@ -280,7 +279,7 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
                         trials_per_process=search.trials_per_process if recycle else None, budget=budget)
     storage = getattr(tuner.oracle, "storage", None) if uses_optuna(search.algorithm) else None
 
-    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    restore_signals = interrupts.install()
     status, message = COMPLETED, ""
     # What is alive now (TensorFlow, Keras, the data) lives through the whole search: frozen,
     # the full collection after each trial (in clear_session) skips it.
@@ -302,7 +301,7 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
                    f"the last with: {tuner.last_error}. Details: {folder.trials}/*/error.txt")
     finally:
         gc.unfreeze()
-        signal.signal(signal.SIGTERM, previous_handler)
+        restore_signals()
         if hasattr(tuner.oracle, "stop_heartbeat"):
             tuner.oracle.stop_heartbeat()
     table = records.write_trials_csv(folder)
@@ -336,7 +335,3 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
     if outcome.message:
         print(("error: " if outcome.status == FAILED else "") + outcome.message, file=sys.stderr)
     return outcome
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from search import compat, metrics
 from search.data.dataset import ImageData
-from search.engine import trial as training
+from search.engine import interrupts, trial as training
 from search.engine.budget import Budget, BudgetSpent
 from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED, HookList, SearchInfo, TrialInfo, TrialResult
 from search.engine.memory import TrialMemory
@@ -76,6 +76,7 @@ class _EpochHook(keras.callbacks.Callback):
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self.hooks.on_epoch_end(self.search, self.trial, epoch, logs)
         faults.point("epoch-end")
+        interrupts.check()
 
 
 class _Deadline(keras.callbacks.Callback):
@@ -281,14 +282,15 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         started = time.monotonic()
         history: dict[str, list[float]] = {}
         try:
+            interrupts.check()
             result = self._train(trial, info, history)
         except KeyboardInterrupt:
-            killed = TrialResult(status=KILLED, history=history, epochs_run=len(history.get("loss", [])),
-                                 seconds=time.monotonic() - started, error="interrupted")
-            records.write_record(info, killed)  # run again on resume (the oracle still has it running)
-            self._publish(info, killed)
+            self._interrupted(info, history, started)
             raise
         except Exception as e:  # noqa: BLE001 - every failure becomes a FAILED trial
+            if interrupts.received():  # the signal, turned into another error inside a library
+                self._interrupted(info, history, started)
+                raise KeyboardInterrupt("interrupted") from e
             message = failure_message(e)
             atomic.write_text(TrialDir(info.dir).error, traceback.format_exc())
             self._results[trial.trial_id] = TrialResult(
@@ -302,6 +304,12 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             result.note = f"stopped at the time budget after {result.epochs_run} of {info.epochs - info.initial_epoch} epochs"
         self._results[trial.trial_id] = result
         return result.best  # the best epoch's metrics: what the oracle scores the trial by
+
+    def _interrupted(self, info: TrialInfo, history: dict[str, list[float]], started: float) -> None:
+        killed = TrialResult(status=KILLED, history=history, epochs_run=len(history.get("loss", [])),
+                             seconds=time.monotonic() - started, error="interrupted")
+        records.write_record(info, killed)  # run again on resume (the oracle still has it running)
+        self._publish(info, killed)
 
     def _train(self, trial: kt.engine.trial.Trial, info: TrialInfo, history: dict[str, list[float]]) -> TrialResult:
         search = self.space.search

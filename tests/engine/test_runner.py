@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,7 @@ from conftest import DIGITS, TINY, cli
 
 from search import run
 from search.engine import runner
-from search.engine.hooks import COMPLETED, FAILED
+from search.engine.hooks import COMPLETED, FAILED, KILLED
 from search.errors import SearchError
 from search.models import build
 from search.runs.layout import SpaceDir
@@ -66,6 +70,53 @@ def test_search_learns_well_above_chance(tmp_path, digits_root):
     )
     assert outcome.status == COMPLETED
     assert outcome.table["val_accuracy"].max() >= 0.5  # chance is 0.1
+
+
+# Signals -----------------------------------------------------------------------------------
+class _SignalInFinaliser:
+    """Sends a signal to this process from a finaliser: Python prints the KeyboardInterrupt
+    raised there as "Exception ignored" and drops it, as it does inside TensorFlow's."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def __del__(self):
+        os.kill(os.getpid(), self.signum)
+        time.sleep(0.2)  # the handler runs here, inside the finaliser
+
+
+class _SignalTurnedIntoAnotherError:
+    """A library that calls back into Python and turns the KeyboardInterrupt into a SystemError."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+    def __call__(self):
+        try:
+            os.kill(os.getpid(), self.signum)
+            time.sleep(0.2)
+        except KeyboardInterrupt as e:
+            raise SystemError("<built-in function __import__> returned a result with an exception set") from e
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("lost", ["in a finaliser", "as another error"])
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the finaliser's, on purpose
+def test_a_signal_whose_keyboard_interrupt_is_lost_still_stops_the_search(tmp_path, digits_folders, signum, lost):
+    import keras
+
+    def send():
+        if lost == "in a finaliser":
+            _SignalInFinaliser(signum)  # dropped at once: its __del__ runs
+        else:
+            _SignalTurnedIntoAnotherError(signum)()
+
+    space = dataclasses.replace(tiny(digits_folders, max_trials=4), callbacks_fn=lambda hp: [
+        keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: send() if epoch == 0 else None)])
+    outcome = runner.run_search(space, runs_dir=tmp_path, verbose=0, tracking=False)
+    assert outcome.status == KILLED and "re-run the same command to resume" in outcome.message
+    assert outcome.table["status"].tolist() == [KILLED]  # the first trial, run again on resume; no other began
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
 
 
 # Failures ----------------------------------------------------------------------------------

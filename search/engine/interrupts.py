@@ -1,0 +1,54 @@
+"""Ctrl-C and SIGTERM stop a search, even where Python loses the KeyboardInterrupt.
+
+Python raises KeyboardInterrupt wherever the main thread is when the signal comes. Inside a
+finaliser it is printed as "Exception ignored" and dropped; inside a C extension that calls
+back into Python (TensorFlow's `nest` does) it comes out as a SystemError that the library
+may catch. Either way the search would go on as if no signal had come: a worker its
+launcher told to stop would go on alone until killed. So each signal is also remembered,
+and `check` raises it again where a search can stop: a trial's start, each epoch's end and
+each wait for other workers.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _received.append(signum)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def install() -> Callable[[], None]:
+    """Handle SIGINT and SIGTERM as above until the returned function is called. A signal
+    this process was started ignoring (a `nohup` or background job) stays ignored."""
+    _received.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # only the main thread can handle signals
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(s, _on_signal)
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    return restore
+
+
+def received() -> bool:
+    """Whether a signal came since `install`, whether or not its KeyboardInterrupt got through."""
+    return bool(_received)
+
+
+def check() -> None:
+    """Raise KeyboardInterrupt if a signal came since `install`."""
+    if _received:
+        raise KeyboardInterrupt(f"signal {_received[0]}")
