@@ -25,7 +25,7 @@ smoke: $(STAMP)
 test: $(STAMP) test-data test-servers
 	$(VENV)/bin/ruff check search tests bench spaces
 	$(VENV)/bin/mypy search
-	$(PY) -m pytest -q -m "not slow" --durations=10
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadgroup --durations=10
 
 # Multi-minute end-to-end checks: the report's spaces as written, on small real stand-ins of their data.
 test-slow: $(STAMP) test-data test-servers

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from processes import Zygote
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "spaces" / "digits.py"
@@ -26,6 +27,19 @@ DIGITS = REPO / "spaces" / "digits.py"
 TINY = REPO / "tests" / "spaces" / "tiny.py"
 
 PER_CLASS = 20
+
+
+# `make test` runs the tests on two pytest-xdist workers. The tests that share one costly
+# session fixture go to one worker, so that it is made once.
+SHARED_FIXTURES = ("searched", "mlflow_server")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in SHARED_FIXTURES:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
 
 
 @pytest.fixture(autouse=True)
@@ -218,6 +232,14 @@ def searched(tmp_path_factory: pytest.TempPathFactory, digits_root: Path) -> Sea
             code = run.main([str(DIGITS), "--smoke", "--max-trials", "3", "--data", str(digits_root),
                              "--runs-dir", str(runs), "--quiet"])
     return Searched(runs, runs / "digits", uri, code, output.getvalue())
+
+
+@pytest.fixture(scope="session")
+def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
+    """Forks `python -m search.<command>` processes from one that has imported the tool (see processes.py)."""
+    forks = Zygote(tmp_path_factory.mktemp("zygote"))
+    yield forks
+    forks.close()
 
 
 def cli(module: str, *args: str, cwd: Path = REPO, env: dict[str, str] | None = None, timeout: int = 600,

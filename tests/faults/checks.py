@@ -77,5 +77,6 @@ def check_mlflow(uri: str, finished: set[str]) -> None:
     running = [(r.info.run_name, r.data.tags.get("worker")) for r in runs if r.info.status == "RUNNING"]
     assert not running, f"runs left RUNNING: {running}"
     logged = [r.data.tags["trial_id"] for r in runs if r.data.tags.get("trial_id") and r.info.status == "FINISHED"]
-    assert sorted(logged) == sorted(finished), (sorted(logged), sorted(finished))
+    every = [(r.info.run_name, r.info.status, r.data.tags.get("trial_id")) for r in runs]
+    assert sorted(logged) == sorted(finished), (sorted(logged), sorted(finished), every)
 

@@ -15,7 +15,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from conftest import TINY
-from servers.processes import Worker, run_together
+from processes import run_together
 
 MAX_TRIALS = 6
 # Each test of the session gets its own experiment and registered model on the shared server.
@@ -24,7 +24,7 @@ registered_model_name: "machines-{{space}}-{name}"
 """
 
 
-def test_workers_on_three_machines_one_killed_mid_trial(postgres, database, mlflow_server, digits_folders, tmp_path):
+def test_workers_on_three_machines_one_killed_mid_trial(zygote, database, mlflow_server, digits_folders, tmp_path):
     import mlflow
 
     url = database()
@@ -40,13 +40,14 @@ def test_workers_on_three_machines_one_killed_mid_trial(postgres, database, mlfl
                 "--storage", url, "--runs-dir", str(folder), "--quiet"]
 
     killed = {**env, "SEARCH_FAULT": "point:epoch-end@1"}  # SIGKILL at its first trial's first epoch end
-    first = run_together([(command(runs[0]), env), (command(runs[1]), killed), (command(runs[2]), env)], cwd=home)
+    first = run_together(zygote, [(command(runs[0]), env), (command(runs[1]), killed), (command(runs[2]), env)],
+                         cwd=home)
     codes = [e.code for e in first]
     assert codes[1] == -signal.SIGKILL, first[1].output[-3000:]
     for e in (first[0], first[2]):
         assert e.code == 0, e.output[-4000:]
     # The machine comes back: the same command, which finds the study done and marks its dead run KILLED.
-    again = Worker("run", command(runs[1]), env, cwd=home).wait()
+    again = zygote.run("run", *command(runs[1]), env=env, cwd=home)
     # It ran no trial itself, and that is no failure: the study has its trials.
     assert again.code == 0 and f"has its {MAX_TRIALS} finished trials" in again.stderr, again.output[-4000:]
     for e in (*first, again):
@@ -91,11 +92,11 @@ def test_workers_on_three_machines_one_killed_mid_trial(postgres, database, mlfl
     # Any one machine's report and ensemble see the whole study, fetched from the server.
     local = sorted(p.parent.name for p in (runs[0] / "tiny" / "trials").glob("*/result.json"))
     assert 0 < len(local) < MAX_TRIALS
-    report = Worker("report", ["tiny", "--runs-dir", str(runs[0]), "--no-mlflow"], env, cwd=home).wait()
+    report = zygote.run("report", "tiny", "--runs-dir", runs[0], "--no-mlflow", env=env, cwd=home)
     assert report.code == 0, report.output[-3000:]
     board = pd.read_csv(runs[0] / "tiny" / "leaderboard.csv", dtype={"trial_id": str})
     assert sorted(board["trial_id"]) == numbers and set(board["status"]) == {"COMPLETED"}
-    ensemble = Worker("ensemble", ["tiny", "--runs-dir", str(runs[0]), "--no-tracking"], env, cwd=home).wait()
+    ensemble = zygote.run("ensemble", "tiny", "--runs-dir", runs[0], "--no-tracking", env=env, cwd=home)
     assert ensemble.code == 0, ensemble.output[-3000:]
     assert json.loads((runs[0] / "tiny" / "ensemble.json").read_text())["trials"] == numbers
     assert len(client.search_model_versions(f"name = '{model_name}'")) == 1  # --no-tracking registered nothing

@@ -11,18 +11,18 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from conftest import TINY
-from servers.processes import run_together
+from processes import Zygote, run_together
 
 MAX_TRIALS = 6
 
 
-def recipe(url: str, digits: Path, root: Path, workers: int = 3) -> list[str]:
+def recipe(zygote: Zygote, url: str, digits: Path, root: Path, workers: int = 3) -> list[str]:
     """The README's command on `workers` "machines" (runs folders) at once; checks and returns
     a line per fact worth quoting."""
     runs = [root / f"R{i}" for i in range(1, workers + 1)]
     command = [str(TINY), "--data", str(digits), "--algorithm", "tpe", "--max-trials", str(MAX_TRIALS),
                "--storage", url, "--quiet"]
-    ended = run_together([([*command, "--runs-dir", str(r)], None) for r in runs])
+    ended = run_together(zygote, [([*command, "--runs-dir", str(r)], None) for r in runs])
     for e in ended:
         assert e.code == 0, e.output[-4000:]
         assert "Traceback" not in e.output and "Heartbeat of storage" not in e.output, e.output[-4000:]
@@ -53,6 +53,6 @@ def recipe(url: str, digits: Path, root: Path, workers: int = 3) -> list[str]:
             f"trials per worker {per_worker}; one promotion"]
 
 
-def test_three_workers_started_at_once_on_five_empty_databases(database, digits_folders, tmp_path):
+def test_three_workers_started_at_once_on_five_empty_databases(zygote, database, digits_folders, tmp_path):
     for attempt in range(5):
-        print(f"database {attempt + 1}:", *recipe(database(), digits_folders, tmp_path / str(attempt)))
+        print(f"database {attempt + 1}:", *recipe(zygote, database(), digits_folders, tmp_path / str(attempt)))

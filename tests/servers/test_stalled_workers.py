@@ -13,18 +13,18 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from servers.processes import run_together
+from processes import run_together
 
 STALLED = Path(__file__).with_name("stalled.py")
 STALL = 7.0
 
 
 @pytest.mark.parametrize("where", ["one machine", "other machines"])
-def test_a_worker_stalled_past_the_grace_period_is_never_taken_for_dead(where, digits_folders, tmp_path):
+def test_a_worker_stalled_past_the_grace_period_is_never_taken_for_dead(zygote, where, digits_folders, tmp_path):
     env = {"STALL_SECONDS": str(STALL), **({"STALL_ELSEWHERE": "1"} if where == "other machines" else {})}
     command = [str(STALLED), "--data", str(digits_folders), "--runs-dir", str(tmp_path), "--quiet", "--no-tracking",
                "--no-ensemble"]
-    ended = run_together([(command, env)] * 3)
+    ended = run_together(zygote, [(command, env)] * 3)
     for e in ended:
         assert e.code == 0, e.output[-4000:]
         assert "no heartbeat" not in e.output and "took Optuna trial" not in e.output, e.output[-4000:]

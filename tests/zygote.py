@@ -1,14 +1,15 @@
 """A process that has imported the tool once and forks a fresh process for each command.
 
-The crash tests start dozens of short-lived `python -m search.<command>` processes, and each
-would spend ~5 s of a 2-core machine importing TensorFlow, Keras Tuner, Optuna and MLflow
-before its first trial. This process imports them once, without running any TensorFlow op
+The crash tests and the tests of many workers start dozens of `python -m search.<command>`
+processes, and each would spend ~5 s of a 2-core machine importing TensorFlow, Keras Tuner,
+Optuna and MLflow before its first trial. This process imports them once, without running any TensorFlow op
 (so no thread pools exist yet and a fork is safe), then for each job forks a child that
 takes the job's working folder, environment and arguments and runs the command's `main` as
 `python -m` would: a real process, with its own pid, files, locks and exit status, killed
 by a real SIGKILL when the job's `SEARCH_FAULT` says so.
 
-Protocol: one JSON job per stdin line, {"id", "module", "args", "env", "cwd", "log"}; one JSON
+Protocol: one JSON job per stdin line, {"id", "module", "args", "env", "cwd", "stdout", "stderr"}
+(the files its output goes to); one JSON
 line per event on stdout: {"id", "pid"} when forked, {"id", "code"} when it ended
 (negative: killed by that signal).
 """
@@ -42,9 +43,9 @@ def _child(job: dict) -> None:
     os.chdir(job["cwd"])
     os.environ.clear()
     os.environ.update(job["env"])
-    log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        os.dup2(os.open(job[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    sys.stdout.reconfigure(line_buffering=True)  # as a terminal shows it: a kill loses no finished line
     from search.runs import faults
 
     faults.configure(os.environ.get(faults.ENV, ""))
