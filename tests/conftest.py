@@ -29,8 +29,8 @@ TINY = REPO / "tests" / "spaces" / "tiny.py"
 PER_CLASS = 20
 
 
-# `make test` runs the tests on two pytest-xdist workers. The tests that share one costly
-# session fixture go to one worker, so that it is made once.
+# `make test` runs the tests on two pytest-xdist workers (--dist loadgroup). The tests that
+# share one costly session fixture go to one worker, so that it is made once.
 SHARED_FIXTURES = ("searched", "mlflow_server")
 
 
@@ -40,6 +40,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for name in SHARED_FIXTURES:
             if name in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(name))
+
+
+def made_once(tmp_path_factory: pytest.TempPathFactory, fixture: str) -> None:
+    """Fail if another xdist worker of this run made `fixture` too: its tests were not kept on
+    one worker (pytest-xdist#1386: --dist loadgroup does not group on pytest 9.2)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    made = tmp_path_factory.getbasetemp().parent / f"{fixture}.made-by"
+    try:
+        os.close(os.open(made, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        pytest.fail(f"fixture {fixture!r} made by two xdist workers: --dist loadgroup is not grouping its tests")
 
 
 @pytest.fixture(autouse=True)
@@ -222,6 +235,8 @@ class Searched:
 @pytest.fixture(scope="session")
 def searched(tmp_path_factory: pytest.TempPathFactory, digits_root: Path) -> Searched:
     from search import run
+
+    made_once(tmp_path_factory, "searched")
 
     runs = tmp_path_factory.mktemp("searched") / "runs"
     uri = f"sqlite:///{runs.parent}/store/mlflow.db"

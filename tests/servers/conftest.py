@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from conftest import made_once
 from servers.clusters import MlflowServer, Postgres, Unavailable
 
 _names = itertools.count()
@@ -33,9 +34,10 @@ def database(postgres: Postgres, request: pytest.FixtureRequest) -> Callable[[],
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(postgres: Postgres) -> Iterator[MlflowServer]:
+def mlflow_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """An MLflow server whose store is a PostgreSQL database and whose artifacts it serves
     itself over HTTP from a temporary folder (`--artifacts-destination`)."""
+    made_once(tmp_path_factory, "mlflow_server")
     try:
         server = MlflowServer(postgres.database("mlflow")).start()
     except Unavailable as e:
