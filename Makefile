@@ -21,7 +21,8 @@ demo: $(STAMP)
 smoke: $(STAMP)
 	$(PY) -m search.run spaces/digits.py --smoke
 
-# What CI runs (.ci/run): everything but the tests marked slow, in well under 30 minutes.
+# What CI runs (.ci/run): everything but the tests marked slow, on two pytest-xdist workers
+# (tests that share a costly fixture kept on one: tests/conftest.py), in well under 30 minutes.
 test: $(STAMP) test-data test-servers
 	$(VENV)/bin/ruff check search tests bench spaces
 	$(VENV)/bin/mypy search
