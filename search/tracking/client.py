@@ -5,7 +5,8 @@ files to a search's run. MLflow retries an unreachable HTTP server with backoff 
 and a fresh SQLite store runs its schema migrations on first use, racing any other process
 that starts at the same instant ("duplicate column name"); `connect` checks the server
 first, with a short timeout, and migrates a SQLite store under a file lock. `Retrying`
-repeats a call that failed for a moment (a locked SQLite file, a dropped connection).
+repeats a call that failed for a moment (a locked SQLite file, a dropped connection, a tag
+that another process inserted first).
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ from search.runs.layout import SpaceDir
 from search.runs.locks import FolderLock
 from search.tracking.config import load_config, unreachable, version
 
-# The words of errors that pass: a retry a moment later succeeds.
+# The words of errors that pass: a retry a moment later succeeds. The tags entries: two
+# processes setting the same new tag on one run (the workers of a study share their search's
+# run) both insert it and one fails (mlflow#8442); retried, it finds the tag and updates it.
 _TRANSIENT = ("database is locked", "database table is locked", "connection", "timed out", "temporarily",
-              "deadlock", "could not serialize", "503", "502", "504")
+              "deadlock", "could not serialize", "503", "502", "504",
+              "unique constraint failed: tags.", 'unique constraint "tag_pk"')
 RETRIES = 5
 
 
