@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from processes import Zygote
+from processes import REPO, Zygote
 
-REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "spaces" / "digits.py"
 # A space with a model of its own small enough that a trial trains in under a second: for the
 # machinery around trials (resume, crashes, locks, workers).

@@ -22,12 +22,11 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # conftest.py takes it from here
 
 
 @dataclasses.dataclass
 class Ended:
-    args: list[str]
     code: int  # negative: killed by that signal
     stdout: str
     stderr: str
@@ -40,8 +39,8 @@ class Ended:
 class Job:
     """One forked command: `pid()` once it is forked, `result()` once it has ended."""
 
-    def __init__(self, zygote: Zygote, id: str, args: list[str]):
-        self.zygote, self.id, self.args = zygote, id, args
+    def __init__(self, id: str):
+        self.id = id
         self.forked = threading.Event()
         self.ended: Future[Ended] = Future()
         self._pid = 0
@@ -92,18 +91,18 @@ class Zygote:
                 job.forked.set()
             elif "code" in event:
                 out, err = (self.folder / f"job-{job.id}.{name}" for name in ("stdout", "stderr"))
-                job.ended.set_result(Ended(job.args, event["code"], out.read_text(errors="replace"),
+                job.ended.set_result(Ended(event["code"], out.read_text(errors="replace"),
                                            err.read_text(errors="replace")))
 
     def start(self, module: str, *args: str | Path, env: dict[str, str] | None = None, cwd: Path = REPO) -> Job:
         """Fork `python -m search.<module> ARGS` in `cwd` with `env` added to this environment."""
-        job = Job(self, str(next(self._ids)), [str(a) for a in args])
+        job = Job(str(next(self._ids)))
         with self._lock:
             self._jobs[job.id] = job
         environment = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": "", **(env or {})}
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps({
-            "id": job.id, "module": module, "args": job.args, "env": environment, "cwd": str(cwd),
+            "id": job.id, "module": module, "args": [str(a) for a in args], "env": environment, "cwd": str(cwd),
             **{name: str(self.folder / f"job-{job.id}.{name}") for name in ("stdout", "stderr")}}) + "\n")
         self.process.stdin.flush()
         return job

@@ -2,16 +2,15 @@
 
 The crash tests and the tests of many workers start dozens of `python -m search.<command>`
 processes, and each would spend ~5 s of a 2-core machine importing TensorFlow, Keras Tuner,
-Optuna and MLflow before its first trial. This process imports them once, without running any TensorFlow op
-(so no thread pools exist yet and a fork is safe), then for each job forks a child that
-takes the job's working folder, environment and arguments and runs the command's `main` as
-`python -m` would: a real process, with its own pid, files, locks and exit status, killed
-by a real SIGKILL when the job's `SEARCH_FAULT` says so.
+Optuna and MLflow before its first trial. This process imports them once, without running
+any TensorFlow op (so no thread pools exist yet and a fork is safe), then for each job forks
+a child that takes the job's working folder, environment and arguments and runs the
+command's `main` as `python -m` would: a real process, with its own pid, files, locks and
+exit status, killed by a real SIGKILL when the job's `SEARCH_FAULT` says so.
 
-Protocol: one JSON job per stdin line, {"id", "module", "args", "env", "cwd", "stdout", "stderr"}
-(the files its output goes to); one JSON
-line per event on stdout: {"id", "pid"} when forked, {"id", "code"} when it ended
-(negative: killed by that signal).
+Protocol: one JSON job per stdin line, {"id", "module", "args", "env", "cwd", "stdout",
+"stderr"} (the last two: the files its output goes to); one JSON line per event on stdout:
+{"id", "pid"} when forked, {"id", "code"} when it ended (negative: killed by that signal).
 """
 
 from __future__ import annotations

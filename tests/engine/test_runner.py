@@ -85,18 +85,13 @@ class _SignalInFinaliser:
         time.sleep(0.2)  # the handler runs here, inside the finaliser
 
 
-class _SignalTurnedIntoAnotherError:
-    """A library that calls back into Python and turns the KeyboardInterrupt into a SystemError."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-
-    def __call__(self):
-        try:
-            os.kill(os.getpid(), self.signum)
-            time.sleep(0.2)
-        except KeyboardInterrupt as e:
-            raise SystemError("<built-in function __import__> returned a result with an exception set") from e
+def _signal_turned_into_another_error(signum: int) -> None:
+    """As a library that calls back into Python does: the KeyboardInterrupt comes out a SystemError."""
+    try:
+        os.kill(os.getpid(), signum)
+        time.sleep(0.2)
+    except KeyboardInterrupt as e:
+        raise SystemError("<built-in function __import__> returned a result with an exception set") from e
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -105,18 +100,16 @@ class _SignalTurnedIntoAnotherError:
 def test_a_signal_whose_keyboard_interrupt_is_lost_still_stops_the_search(tmp_path, digits_folders, signum, lost):
     import keras
 
-    def send():
-        if lost == "in a finaliser":
-            _SignalInFinaliser(signum)  # dropped at once: its __del__ runs
-        else:
-            _SignalTurnedIntoAnotherError(signum)()
-
+    # _SignalInFinaliser(signum) is dropped at once: its __del__ runs there.
+    send = _SignalInFinaliser if lost == "in a finaliser" else _signal_turned_into_another_error
+    before = signal.getsignal(signal.SIGTERM)
     space = dataclasses.replace(tiny(digits_folders, max_trials=4), callbacks_fn=lambda hp: [
-        keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: send() if epoch == 0 else None)])
+        keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: send(signum) if epoch == 0 else None)])
     outcome = runner.run_search(space, runs_dir=tmp_path, verbose=0, tracking=False)
     assert outcome.status == KILLED and "re-run the same command to resume" in outcome.message
     assert outcome.table["status"].tolist() == [KILLED]  # the first trial, run again on resume; no other began
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 # Failures ----------------------------------------------------------------------------------
