@@ -94,22 +94,46 @@ def _signal_turned_into_another_error(signum: int) -> None:
         raise SystemError("<built-in function __import__> returned a result with an exception set") from e
 
 
+@pytest.fixture
+def foreground_signals():
+    """SIGINT and SIGTERM as a search started in a terminal's foreground finds them, whatever
+    this test process inherited (a background job starts with SIGINT ignored); put back after."""
+    inherited = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for s, handler in inherited.items():
+        signal.signal(s, handler)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("lost", ["in a finaliser", "as another error"])
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the finaliser's, on purpose
-def test_a_signal_whose_keyboard_interrupt_is_lost_still_stops_the_search(tmp_path, digits_folders, signum, lost):
+def test_a_signal_whose_keyboard_interrupt_is_lost_still_stops_the_search(
+        tmp_path, digits_folders, foreground_signals, signum, lost):
     import keras
 
     # _SignalInFinaliser(signum) is dropped at once: its __del__ runs there.
     send = _SignalInFinaliser if lost == "in a finaliser" else _signal_turned_into_another_error
-    before = signal.getsignal(signal.SIGTERM)
     space = dataclasses.replace(tiny(digits_folders, max_trials=4), callbacks_fn=lambda hp: [
         keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: send(signum) if epoch == 0 else None)])
     outcome = runner.run_search(space, runs_dir=tmp_path, verbose=0, tracking=False)
     assert outcome.status == KILLED and "re-run the same command to resume" in outcome.message
     assert outcome.table["status"].tolist() == [KILLED]  # the first trial, run again on resume; no other began
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_signal_the_search_was_started_ignoring_stays_ignored(tmp_path, digits_folders, foreground_signals):
+    import keras
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `search.run ... &` in a script starts
+    space = dataclasses.replace(tiny(digits_folders, max_trials=2), callbacks_fn=lambda hp: [
+        keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: os.kill(os.getpid(), signal.SIGINT))])
+    outcome = runner.run_search(space, runs_dir=tmp_path, verbose=0, tracking=False)
+    assert outcome.status == COMPLETED
+    assert outcome.table["status"].tolist() == [COMPLETED, COMPLETED]
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 # Failures ----------------------------------------------------------------------------------
