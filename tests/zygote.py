@@ -28,14 +28,17 @@ from search.engine import runner  # noqa: F401
 from search.ensembles import promote  # noqa: F401
 from search.tracking import registry, tracker  # noqa: F401
 
+# Held to fork and register a child, and to pop one reaped: a child that ends at once is then
+# still found, its "pid" line comes before its "code" line, and no thread is inside a write to
+# stdout when a child is forked (the child would inherit that write's lock, held for ever).
 _lock = threading.Lock()
 _jobs: dict[int, str] = {}
 
 
 def _say(event: dict) -> None:
-    with _lock:
-        sys.stdout.write(json.dumps(event) + "\n")
-        sys.stdout.flush()
+    """Write one event line; the caller holds _lock, or no other thread runs yet."""
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
 
 
 def _child(job: dict) -> None:
@@ -70,22 +73,23 @@ def _reap() -> None:
         except ChildProcessError:
             threading.Event().wait(0.05)
             continue
-        job = _jobs.pop(pid, None)
-        if job is not None:
-            _say({"id": job, "code": os.waitstatus_to_exitcode(status)})
+        with _lock:
+            job = _jobs.pop(pid, None)
+            if job is not None:
+                _say({"id": job, "code": os.waitstatus_to_exitcode(status)})
 
 
 def main() -> None:
-    threading.Thread(target=_reap, daemon=True).start()
     _say({"ready": True})
+    threading.Thread(target=_reap, daemon=True).start()
     for line in sys.stdin:
         job = json.loads(line)
-        with _lock:  # a child may end before its pid is known: register it first
+        with _lock:
             pid = os.fork()
             if pid == 0:
                 _child(job)
             _jobs[pid] = job["id"]
-        _say({"id": job["id"], "pid": pid})
+            _say({"id": job["id"], "pid": pid})
 
 
 if __name__ == "__main__":

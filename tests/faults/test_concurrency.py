@@ -59,8 +59,9 @@ def test_three_workers_started_at_once_on_a_fresh_store_share_one_study_and_prom
     args = command(tmp_path / "runs", digits_folders, 6, "--algorithm", "tpe")
     jobs = [zygote.start("run", *args, env={"MLFLOW_TRACKING_URI": uri}) for _ in range(3)]
     ended = [job.result(timeout=300) for job in jobs]
-    assert [e.code for e in ended] == [0, 0, 0], "\n=====\n".join(e.output[-2500:] for e in ended)
-    print("\n=====\n".join(e.output[-2500:] for e in ended))  # shown if a check below fails
+    outputs = "\n=====\n".join(e.output[-2500:] for e in ended)
+    assert [e.code for e in ended] == [0, 0, 0], outputs
+    print(outputs)  # shown if a check below fails
     folder = SpaceDir(tmp_path / "runs" / "tiny")
     check_optuna(folder, 6)
     check_champion(folder)
