@@ -30,6 +30,7 @@ POINTS = (
     "after-record",  # result.json says how the trial ended; the algorithm is not told yet
     "after-tell",  # the algorithm knows; trials.csv and tracking are not updated yet
     "promotion",  # the champion is chosen and about to be written
+    "promotion-logging",  # the champion's MLflow run is open, its model not logged yet
     "reaped",  # a dead worker's trial is failed in the study; its retry is not queued yet
 )
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from search.redaction import redact
+from search.runs import faults, workers
 from search.runs.layout import RunsDir
 from search.tracking import client as clients
 from search.tracking.config import load_config, tracking_uri
@@ -107,7 +108,9 @@ def log_promotion(*, space: str, runs_dir: Path, model: Any, summary: dict[str, 
     objective = summary.get("objective", "val_accuracy")
     name = config.registered_model_name.format(space=space) if config.registered_model_name else None
     experiment = config.experiment.format(space=space)
-    tags = {"kind": "ensemble", "space": space, "promoted": promoted["method"], "refit": str(summary["refit"])}
+    # With the liveness tags, a process killed while it logs leaves no run RUNNING for ever.
+    tags = {"kind": "ensemble", "space": space, "promoted": promoted["method"], "refit": str(summary["refit"]),
+            **clients.liveness(workers.this_worker())}
     search_run = clients.search_run(RunsDir(runs_dir).space(space))
     if search_run is not None and search_run[0] == uri:
         tags["mlflow.parentRunId"] = search_run[1]  # nested under the search's run when it is in this store
@@ -115,6 +118,7 @@ def log_promotion(*, space: str, runs_dir: Path, model: Any, summary: dict[str, 
                             run_name=f"promoted: {promoted['method']}", tags=tags)
     run_id = run.info.run_id
     try:
+        faults.point("promotion-logging")
         params = {"method": promoted["method"], "members": ",".join(promoted["members"]),
                   "weights": ",".join(str(w) for w in promoted["weights"]), "refit": summary["refit"],
                   "top_k": summary["top_k"], "rounds": summary["rounds"], "objective": objective}

@@ -8,11 +8,11 @@ prints one warning and the search goes on with its results on disk.
 Statuses: a trial COMPLETED ends FINISHED, FAILED ends FAILED (the error in the `error`
 tag), KILLED ends KILLED; PRUNED (stopped early by the algorithm, on purpose) ends FINISHED.
 Every trial run also carries the search's own word in its `status` tag. Runs left RUNNING by
-a process that died (SIGKILL, a lost machine), its search run and its trial's, are marked
-KILLED by another search of the experiment: by a worker of the same study as soon as the
-study finds the dead worker's trial; otherwise when a search starts or ends, at once when it
-can tell the process is gone (the same machine), else once the run's `heartbeat` tag is
-older than `stale_after_minutes`.
+a process that died (SIGKILL, a lost machine), its search run, its trial's and the run of
+its promotion (registry.py), are marked KILLED by another search of the experiment: by a
+worker of the same study as soon as the study finds the dead worker's trial; otherwise when
+a search starts or ends, at once when it can tell the process is gone (the same machine),
+else once the run's `heartbeat` tag is older than `stale_after_minutes`.
 
 Each trial run also gets the trial's model, val probabilities and record as artifacts
 (`trial/`), with the digest of the val labels as a tag, so that the report and the ensemble
@@ -132,7 +132,7 @@ class MlflowTracker(SearchHooks):
         self._kill_stale()
         self.parent_id = self._parent(search)
         _OPEN.add(self.parent_id)
-        self.client.log_batch(self.parent_id, tags=self._tags({**search_tags(search), **self._liveness()}))
+        self.client.log_batch(self.parent_id, tags=self._tags({**search_tags(search), **clients.liveness(self.worker)}))
         self._log_unreported(search)
         self.client.log_artifact(self.parent_id, str(search.space_path), "space")
         atomic.write_json(SpaceDir(search.space_dir).mlflow_record, {
@@ -154,10 +154,6 @@ class MlflowTracker(SearchHooks):
                 self.client.update_run(found[1], status="RUNNING")
                 return found[1]
         return self.client.create_run(self.experiment_id, run_name=search.name).info.run_id
-
-    def _liveness(self) -> dict[str, str]:
-        """The tags that tell other processes whether this one's runs are still alive."""
-        return {"worker": json.dumps(self.worker.record()), "heartbeat": f"{time.time():.0f}"}
 
     def _kill(self, run_id: str) -> None:
         self.client.set_tag(run_id, "status", KILLED)
@@ -261,7 +257,7 @@ class MlflowTracker(SearchHooks):
 
         tags = {
             "mlflow.parentRunId": self.parent_id, "trial_id": trial.trial_id, "trial_number": str(trial.number),
-            "status": "RUNNING", "backbone": trial.model, **self._liveness(), "space": search.name,
+            "status": "RUNNING", "backbone": trial.model, **clients.liveness(self.worker), "space": search.name,
         }
         study = _study(search)
         if study:

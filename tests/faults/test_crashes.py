@@ -29,6 +29,7 @@ KERAS_TUNER_CHAIN = [
     "write:trials.csv@1",  # the table, mid-rewrite
     "point:promotion@1",  # the champion chosen, not yet written
     "write:champion.keras@1",  # the champion, mid-write
+    "point:promotion-logging@1",  # the champion's MLflow run open, its model not logged
 ]
 OPTUNA_CHAIN = [
     "point:after-record@1",  # recorded, the study not told: its trial is told from the record
@@ -37,6 +38,7 @@ OPTUNA_CHAIN = [
     "point:after-tell@1",  # told, trials.csv and MLflow not updated
     "write:result.json@1",
     "point:promotion@1",
+    "point:promotion-logging@1",
 ]
 
 
