@@ -23,6 +23,7 @@ ENV = "SEARCH_FAULT"
 
 # The named moments of a trial's life, in order.
 POINTS = (
+    "search-run",  # the search's MLflow run is created or taken up again, its tags not logged yet
     "asked",  # Optuna: a study trial was asked for; its worker is not recorded on it yet
     "trial-begin",  # a trial was handed out, nothing trained yet
     "epoch-end",  # during fit: after each epoch's logs

@@ -40,7 +40,7 @@ from search.engine.hooks import COMPLETED, FAILED, KILLED, OWN_MODEL, PRUNED, Se
 from search.models.schedules import learning_rate_schedule
 from search.redaction import redact
 from search.results import plots
-from search.runs import atomic, workers
+from search.runs import atomic, faults, workers
 from search.runs.layout import SpaceDir, TrialDir
 from search.tracking import client as clients
 from search.tracking.config import TrackingConfig, load_config, search_tags, tracking_uri
@@ -132,6 +132,7 @@ class MlflowTracker(SearchHooks):
         self._kill_stale()
         self.parent_id = self._parent(search)
         _OPEN.add(self.parent_id)
+        faults.point("search-run")
         self.client.log_batch(self.parent_id, tags=self._tags({**search_tags(search), **clients.liveness(self.worker)}))
         self._log_unreported(search)
         self.client.log_artifact(self.parent_id, str(search.space_path), "space")
@@ -153,7 +154,9 @@ class MlflowTracker(SearchHooks):
             if run is not None and run.info.lifecycle_stage == "active":
                 self.client.update_run(found[1], status="RUNNING")
                 return found[1]
-        return self.client.create_run(self.experiment_id, run_name=search.name).info.run_id
+        # Tagged with this process as it is created: killed at once, it is still found dead.
+        return self.client.create_run(self.experiment_id, run_name=search.name,
+                                      tags=clients.liveness(self.worker)).info.run_id
 
     def _kill(self, run_id: str) -> None:
         self.client.set_tag(run_id, "status", KILLED)

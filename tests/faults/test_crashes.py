@@ -22,6 +22,7 @@ KILLED = -9
 # Points in the order a trial meets them; "@N": the Nth time in that process.
 KERAS_TUNER_CHAIN = [
     "point:after-record@2",  # the record written, Keras Tuner not told: told on resume, not run again
+    "point:search-run@1",  # the search's MLflow run taken up again, not yet tagged with this process
     "write:oracle.json@3",  # Keras Tuner's own state, mid-write
     "point:model-saved@1",  # the model on disk, no record: the trial runs again
     "write:result.json@1",  # the record itself, mid-write
@@ -32,6 +33,7 @@ KERAS_TUNER_CHAIN = [
     "point:promotion-logging@1",  # the champion's MLflow run open, its model not logged
 ]
 OPTUNA_CHAIN = [
+    "point:search-run@1",  # the search's MLflow run just created, not yet tagged with this process
     "point:after-record@1",  # recorded, the study not told: its trial is told from the record
     "point:epoch-end@2",  # during fit: the study trial is failed and run again with its values
     "point:reaped@1",  # that trial failed by the next start, which dies before queueing it again
