@@ -90,3 +90,22 @@ def test_a_journal_torn_mid_line_resumes(tmp_path, digits_folders):
         journal.write(b'{"op_code": 5, "worker_id": "x", "trial_id": 1, "st')  # a write cut short
     assert search(tmp_path, digits_folders, "--algorithm", "tpe") == 0
     check_optuna(folder, MAX_TRIALS)
+
+
+@pytest.mark.parametrize("garbage", [np.random.default_rng(5).bytes(20000), b'{"not": "optuna"}\n[1, 2]\n' * 50],
+                         ids=["random bytes", "another program's JSON"])
+def test_a_journal_of_garbage_is_kept_aside_and_the_study_rebuilt_from_the_records(tmp_path, digits_folders, garbage,
+                                                                                   capsys):
+    assert search(tmp_path, digits_folders, "--algorithm", "tpe", max_trials=2) == 0
+    folder = SpaceDir(tmp_path / "tiny")
+    before = mtimes(folder)
+    folder.journal.write_bytes(garbage)
+    capsys.readouterr()
+    assert search(tmp_path, digits_folders, "--algorithm", "tpe") == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "cannot be read as an Optuna journal" in err
+    assert "rebuilt from 2 trial record(s)" in out
+    kept = list(folder.path.glob("optuna.journal.damaged-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == garbage
+    assert {p: t for p, t in mtimes(folder).items() if p in before} == before  # nothing run again
+    check_optuna(folder, MAX_TRIALS)
