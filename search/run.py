@@ -15,6 +15,7 @@ from search.cli import Parser, entry, fail
 from search.engine.algorithms import ALGORITHMS, OPTUNA_ALGORITHMS, uses_optuna
 from search.errors import SearchError
 from search.redaction import redact
+from search.runs import diskfull
 
 DESCRIPTION = """Run the search a space file describes, or resume it: re-running the same command
 continues where it stopped (finished trials are not re-run). Results go to RUNS_DIR/<space>/."""
@@ -115,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return outcome.exit_code
     except SearchError as e:
         return fail(e)
+    except OSError as e:
+        if not diskfull.is_disk_full(e):
+            raise
+        return fail(diskfull.disk_full(e, Path(args.runs_dir)))
 
 
 def _check_services(space: Any, runs_dir: Path, *, tracking: bool) -> None:

@@ -39,7 +39,7 @@ from search.errors import SearchError
 from search.models import build
 from search.redaction import redact
 from search.results import records
-from search.runs import atomic, faults
+from search.runs import atomic, diskfull, faults
 from search.runs.layout import SpaceDir, TrialDir
 from search.runs.locks import FolderLock
 from search.space import Space
@@ -289,6 +289,8 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             self._interrupted(info, history, started)
             raise
         except Exception as e:  # noqa: BLE001 - every failure becomes a FAILED trial
+            if diskfull.is_disk_full(e):  # not the trial's fault: the search stops, the trial runs again on resume
+                raise kt.errors.FatalError("disk full") from e
             if interrupts.received():  # the signal, turned into another error inside a library
                 self._interrupted(info, history, started)
                 raise KeyboardInterrupt("interrupted") from e

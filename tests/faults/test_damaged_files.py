@@ -109,3 +109,16 @@ def test_a_journal_of_garbage_is_kept_aside_and_the_study_rebuilt_from_the_recor
     assert len(kept) == 1 and kept[0].read_bytes() == garbage
     assert {p: t for p, t in mtimes(folder).items() if p in before} == before  # nothing run again
     check_optuna(folder, MAX_TRIALS)
+
+
+def test_best_model_left_on_a_worse_trial_is_put_right_on_the_next_start(half_done, tmp_path, digits_folders):
+    """A full disk or a kill between a trial's record and its copy to best.keras."""
+    records = sorted(finished_records(half_done).values(), key=lambda r: r["best"]["val_accuracy"])
+    worse, better = records[0], records[-1]
+    assert worse["best"]["val_accuracy"] < better["best"]["val_accuracy"]
+    half_done.best_model.write_bytes(half_done.trial(worse["trial_id"]).model.read_bytes())
+    half_done.best_record.write_text(json.dumps({"trial_id": worse["trial_id"], "score": worse["best"]["val_accuracy"],
+                                                 "objective": "val_accuracy"}))
+    assert search(tmp_path, digits_folders, max_trials=2) == 0
+    assert json.loads(half_done.best_record.read_text())["trial_id"] == better["trial_id"]
+    assert half_done.best_model.read_bytes() == half_done.trial(better["trial_id"]).model.read_bytes()
