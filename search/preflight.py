@@ -56,12 +56,15 @@ def check_command(space_file: str, *, data_path: str | None, sets: dict[str, str
         return  # load_space says what is missing
     search = search if isinstance(search, Search) else Search()
     given = {k: v for k, v in options.items() if v is not None}
-    if time_budget is not None:
-        given["time_budget"] = time_budget
     try:
-        dataclasses.replace(search, **given)
+        search = dataclasses.replace(search, **given)
     except (SearchError, TypeError) as e:
         raise SpaceError(f"{path}: {e}") from None
+    if time_budget is not None:
+        try:
+            dataclasses.replace(search, time_budget=time_budget)
+        except SearchError as e:  # said as the option it came from, as the command says it once the space is loaded
+            raise SearchError(str(e).replace("Search(time_budget=", "--time-budget (")) from None
     data_fields = {f.name for f in dataclasses.fields(Data)}
     if data_fields.isdisjoint(sets):  # a Data setting given with --set is applied by load_space, then checked
         locate.check_layout(data, data_path)
