@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from search import preflight
 from search.cli import Parser, entry, fail
 from search.engine.algorithms import ALGORITHMS, OPTUNA_ALGORITHMS, uses_optuna
 from search.errors import SearchError
 from search.redaction import redact
+from search.runs import diskfull
 
 DESCRIPTION = """Run the search a space file describes, or resume it: re-running the same command
 continues where it stopped (finished trials are not re-run). Results go to RUNS_DIR/<space>/."""
@@ -84,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.space is None:
         parser.error("the following arguments are required: space")
     try:
+        preflight.check_command(args.space, data_path=args.data, sets=parse_sets(args.set), time_budget=args.time_budget,
+                                max_trials=args.max_trials, epochs=args.epochs, algorithm=args.algorithm, seed=args.seed)
         if args.workers is not None:
             from search.engine.launcher import launch
 
@@ -98,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         space = _with_settings(space, time_budget=args.time_budget, tensorboard=args.tensorboard or None)
         if args.dry_run:
             return _dry_run(space, Path(args.runs_dir))
+        _check_services(space, Path(args.runs_dir), tracking=not args.no_tracking)
         from search.engine.runner import RECYCLE, run_search
 
         outcome = run_search(space, runs_dir=Path(args.runs_dir), fresh=args.fresh, verbose=0 if args.quiet else 2,
@@ -111,6 +116,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return outcome.exit_code
     except SearchError as e:
         return fail(e)
+    except OSError as e:
+        if not diskfull.is_disk_full(e):
+            raise
+        return fail(diskfull.disk_full(e, Path(args.runs_dir)))
+
+
+def _check_services(space: Any, runs_dir: Path, *, tracking: bool) -> None:
+    """The storage and the tracking store connect and accept this user, before anything is written."""
+    uri = None
+    if tracking:
+        from search.tracking.config import load_config, tracking_uri
+
+        config = load_config()
+        uri = tracking_uri(config, runs_dir, space.name) if config.enabled else None
+    preflight.check_services(dict(space.search.options), uri, runs_dir / space.name)
 
 
 def _continue_in_fresh_process(argv: list[str], trials: int | None) -> None:

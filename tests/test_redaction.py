@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import urllib.parse
+
 import pytest
 
 from search.declare import Search
@@ -51,3 +54,28 @@ def test_no_command_output_shows_a_password(tmp_path, capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert "s3cret" not in out + err and "optuna:***@127.0.0.1" in out + err
     assert not [p for p in tmp_path.rglob("*.json") if "s3cret" in p.read_text()]
+
+
+ODD = "Zq'9\"x#y@w%v:u/t"
+
+
+@pytest.mark.parametrize("url", [
+    f"postgresql://optuna:{urllib.parse.quote(ODD, safe='')}@db:5432/optuna",  # every character encoded
+    "postgresql://optuna:Zq'9\"x#y%40w%25v:u/t@db:5432/optuna",  # as SQLAlchemy reads them unencoded
+    f"mysql+pymysql://root:{urllib.parse.quote(ODD, safe='')}@localhost/optuna",
+    f"https://me:{urllib.parse.quote(ODD, safe='')}@mlflow.example:5000/",
+    f"http://mlflow:5000/?token={urllib.parse.quote(ODD, safe='')}",
+    f"postgresql://u@h/db?sslmode=require&password={urllib.parse.quote_plus(ODD)}",
+])
+@pytest.mark.parametrize("quoted", [str, repr, json.dumps, lambda u: str({"storage": u}),
+                                    lambda u: f"could not connect to {u}: timeout", lambda u: f"({u}).",
+                                    lambda u: f"{u}\n  during handling of {u!r}"])
+def test_a_password_of_any_character_is_hidden_in_any_quoting(url, quoted):
+    shown = redact(quoted(url))
+    assert "***" in shown
+    assert not [f for f in ("Zq", "x#y", "y@w", "%v", "v:u", "u/t", "u%2Ft", "%23y", "%40w") if f in shown], shown
+
+
+def test_a_password_once_seen_is_hidden_where_it_shows_alone():
+    redact("postgresql://optuna:dont%20tell@db/optuna")
+    assert redact("authentication failed for password 'dont tell'") == "authentication failed for password '***'"

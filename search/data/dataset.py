@@ -11,22 +11,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from search.data import archive, builtin, pipeline, tfrecord
+from search.data import archive, builtin, locate, pipeline, tfrecord
 from search.data.folders import (
     UNLABELLED,
     check_images,
     checks_file,
     content_hash,
     converted_folder,
-    has_text_name,
-    is_visible,
     load_checks,
+    require_classes,
     require_images,
     save_checks,
     scan_folders,
@@ -253,14 +251,15 @@ def open_data(
     if builtin.is_builtin(path):
         root = builtin.materialise(path, runs_dir)
     else:
-        root = _resolve(path, spec)
+        root = locate.resolve(path, spec)
         if root.is_file():
             root = archive.extract(root, runs_dir)
-    layout, root = _detect(root, spec)
+    layout, root = locate.detect(root, spec)
     skipped: list[tuple[str, str]] = []
     notes: tuple[str, ...] = ()
     if layout == "tfrecord":
         root, class_names, splits, note = _open_tfrecord(root, spec)
+        require_classes(root, class_names)
         notes = (note,) if note else ()
     else:
         groups = scan_folders(root, spec, layout)
@@ -274,6 +273,7 @@ def open_data(
                 classes[name] = [f for f in fs if f not in bad]
             if where != spec.test:
                 require_images(root / where if where else root, classes, bad)
+                require_classes(root / where if where else root, list(classes))
         class_names, splits = _make_splits(root, spec, layout, groups, seed)
         for split in splits.values():
             split.substitutes = {f: checked.substitutes[f] for f in split.files if f in checked.substitutes}
@@ -289,54 +289,6 @@ def open_data(
     )
     log.info("data: %s", data.describe())
     return data
-
-
-def _resolve(path: str, spec: Data) -> Path:
-    resolved = Path(os.path.expanduser(path))
-    resolved = resolved if resolved.is_absolute() else Path.cwd() / resolved
-    if not has_text_name(resolved):
-        raise DataError(f"data path {shown(resolved)} is not valid UTF-8; rename it (or pass a link to it with a text name).")
-    if not resolved.exists():
-        how = "pass the dataset's folder or .zip with --data PATH"
-        if spec.hint:  # where to get the data; it may already say how to pass it
-            how = spec.hint.rstrip(".") if "--data" in spec.hint else f"{spec.hint.rstrip('.')}, then {how}"
-        raise DataError(f"data path {resolved} does not exist: {how}.")
-    if resolved.is_file() and resolved.suffix.lower() != ".zip":
-        raise DataError(
-            f"data path {resolved} is a file; pass a folder of images, a .zip of one, or a folder "
-            f"of TFRecords with --data PATH."
-        )
-    return resolved.resolve()
-
-
-def _find_split_root(root: Path, spec: Data, depth: int = 3) -> Path | None:
-    """The first folder (breadth first, `depth` levels down) holding both train/ and val/."""
-    level = [root]
-    for _ in range(depth + 1):
-        for folder in level:
-            if (folder / spec.train).is_dir() and (folder / spec.val).is_dir():
-                return folder
-        level = [d for f in level for d in sorted(f.iterdir()) if d.is_dir() and is_visible(d)]
-    return None
-
-
-def _detect(root: Path, spec: Data) -> tuple[str, Path]:
-    layout = spec.layout
-    if layout == "auto" and tfrecord.has_records(root):
-        return "tfrecord", root
-    if layout == "tfrecord":
-        return layout, root
-    if layout in ("auto", "split_folders"):
-        found = _find_split_root(root, spec)
-        if found is not None:
-            return "split_folders", found
-        if layout == "split_folders" or (root / spec.train).is_dir():
-            raise DataError(
-                f"no folder under {root} holds both {spec.train}/ and {spec.val}/ (looked 3 levels "
-                f"down). Add {spec.val}/<class>/ images, or use Data(layout='folders') on a folder of "
-                f"class folders to split it by val_fraction."
-            )
-    return "folders", root
 
 
 def _rel(path: Path, root: Path) -> str:

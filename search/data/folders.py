@@ -20,8 +20,7 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import tensorflow as tf
+from typing import TYPE_CHECKING
 
 from search.console import progress
 from search.data import formats
@@ -30,6 +29,9 @@ from search.declare import Data
 from search.errors import DataError
 from search.runs import atomic
 from search.runs.layout import RunsDir
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # Images of more pixels than this are decoded one at a time: a pool of threads each holding
 # one would take gigabytes (a 100-megapixel image decodes to 300 MB).
@@ -108,6 +110,8 @@ def decode_failure(error: tf.errors.OpError) -> str:
 
 
 def _decode(path: Path) -> str | None:
+    import tensorflow as tf  # noqa: PLC0415 - the layout checks run before TensorFlow is imported
+
     try:
         tf.io.decode_image(path.read_bytes(), channels=3, expand_animations=False)
     except tf.errors.OpError as e:
@@ -283,3 +287,13 @@ def require_images(folder: Path, classes: dict[str, list[Path]], bad: dict | Non
     raise DataError(
         f"class folder(s) {shown} hold no images ({_KINDS}); add images or remove the folder."
     )
+
+
+def require_classes(where: Path | str, class_names: list[str]) -> None:
+    """Raise DataError unless the data has at least two classes: a classifier of one learns nothing."""
+    if len(class_names) < 2:
+        which = f"one class ({class_names[0]!r})" if class_names else "no class"
+        raise DataError(
+            f"{where} holds {which}; a classifier needs at least 2: add a folder of images for each class "
+            f"({where}/<class>/<image>)."
+        )

@@ -74,17 +74,21 @@ def _identify(fp: IO[bytes], path: Path) -> tuple[Image.Image | None, str]:
     Image.init()
     fp.seek(0)
     prefix = fp.read(16)
-    error = "not an image Pillow knows"
+    error = "not an image Pillow knows" if len(prefix) == 16 else f"too short to be an image ({len(prefix)} bytes)"
     for name in Image.ID:
         factory, accept = Image.OPEN[name]
-        accepted = accept(prefix) if accept is not None else True
+        try:
+            accepted = accept(prefix) if accept is not None else True
+        except Exception:  # noqa: BLE001 - some plugins' accept() unpacks header bytes a short file lacks
+            continue
         if not accepted or isinstance(accepted, str):  # a str is Pillow's warning that it is not this format
             continue
         fp.seek(0)
         try:
             return factory(fp, str(path)), ""
         except Exception as e:  # noqa: BLE001 - a plugin's failure on a damaged file: try the next, keep why
-            error = f"{name}: {e}"
+            if len(prefix) == 16:
+                error = f"{name}: {e}"
     return None, error
 
 

@@ -24,11 +24,11 @@ import tensorflow as tf
 
 from search.console import progress
 from search.declare import Data
+from search.data.locate import RECORD_SUFFIXES as SUFFIXES
 from search.errors import DataError
 
 log = logging.getLogger("search")
 
-SUFFIXES = (".tfrec", ".tfrecord")
 # Kaggle's size folders: tfrecords-jpeg-331x331.
 _SIZE_FOLDER = re.compile(r"^tfrecords-jpeg-(\d+)x(\d+)$")
 # <index>-<size>x<size>-<count>.tfrec (Kaggle's), or <index>-<count>.tfrec.
@@ -48,21 +48,6 @@ class Records:
     @property
     def count(self) -> int:
         return sum(self.counts)
-
-
-def has_records(root: Path, depth: int = 4) -> bool:
-    """Whether any *.tfrec(ord) file lies within `depth` levels under root."""
-    level = [root]
-    for _ in range(depth):
-        next_level = []
-        for folder in level:
-            for entry in folder.iterdir():
-                if entry.is_file() and entry.suffix.lower() in SUFFIXES:
-                    return True
-                if entry.is_dir() and not entry.name.startswith((".", "__")):
-                    next_level.append(entry)
-        level = next_level
-    return False
 
 
 def named_count(path: Path) -> int | None:

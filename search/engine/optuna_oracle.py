@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 
 from search import compat
 from search.declare import Search
-from search.engine import interrupts
+from search.engine import interrupts, journal
 from search.engine.claims import Claims
 from search.engine.heartbeat import Heartbeat
 from search.engine.hooks import PRUNED, TrialResult
@@ -180,12 +180,9 @@ def open_storage(url: str | None, space_dir: Path, *, heartbeat_interval: float 
     Workers that start at once on an empty database race to create Optuna's tables; the
     loser's error is retried, so every worker starts."""
     if not (url and "://" in url):
-        from optuna.storages.journal import JournalFileBackend
-
         path = Path(url) if url else SpaceDir(space_dir).journal
         path.parent.mkdir(parents=True, exist_ok=True)
-        _repair_torn_tail(path)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return journal.open_journal(path, repair_torn_tail=_repair_torn_tail)
     import sqlalchemy
 
     options: dict[str, Any] = {}
@@ -373,6 +370,8 @@ class OptunaOracle(kt.Oracle):
 
     def _ask(self) -> optuna.Trial | None:
         """The next trial of the study, or None when the study has all its trials."""
+        if not self._rdb and self.folder is not None:  # a journal set aside as unreadable: its trials from their records
+            journal.rebuild(self.study, self.folder, lambda t: suggest(t, self.hyperparameters), self._values)
         while True:
             self.reap()
             trials = self.study.get_trials(deepcopy=False)

@@ -30,7 +30,8 @@ from search.engine.tuner import Recycle, SpaceTuner
 from search.errors import SearchError
 from search.redaction import redact, redact_all
 from search.results import records
-from search.runs import atomic
+from search.runs import atomic, diskfull
+from search.runs.best import follow_records
 from search.runs.layout import SpaceDir
 from search.runs.locks import FolderLock, LockBusy
 from search.space import Space
@@ -247,6 +248,7 @@ def run_search(space: Space, *, runs_dir: Path = Path("runs"), fresh: bool = Fal
             check_resume(space, folder, data.fingerprint)
         _write_record(space, folder, data.fingerprint)
         _write_skipped(data, folder)
+        follow_records(folder, search.objective)  # best.keras: a copy a full disk or a kill cut short
         return _search(space, data, folder, strategy, precision, verbose=verbose, hooks=hooks, tracking=tracking,
                        recycle=recycle, budget=budget)
     finally:
@@ -293,8 +295,11 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
         status = STOPPED
     except KeyboardInterrupt:
         status, message = KILLED, "interrupted: re-run the same command to resume where it stopped."
-    except RuntimeError as e:
-        if "consecutive failures" not in str(e):
+    except Exception as e:
+        if diskfull.is_disk_full(e):  # the records on disk are whole: end the MLflow runs KILLED and say where
+            hook_list.on_search_end(info, KILLED)
+            raise diskfull.disk_full(e, folder.path) from None
+        if not isinstance(e, RuntimeError) or "consecutive failures" not in str(e):
             raise
         status = FAILED
         message = (f"the search stopped: {tuner.oracle.max_consecutive_failed_trials} trials in a row failed, "

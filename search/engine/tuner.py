@@ -37,8 +37,9 @@ from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED, HookList, Sea
 from search.engine.memory import TrialMemory
 from search.errors import SearchError
 from search.models import build
+from search.redaction import redact
 from search.results import records
-from search.runs import atomic, faults
+from search.runs import atomic, diskfull, faults
 from search.runs.layout import SpaceDir, TrialDir
 from search.runs.locks import FolderLock
 from search.space import Space
@@ -288,11 +289,13 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             self._interrupted(info, history, started)
             raise
         except Exception as e:  # noqa: BLE001 - every failure becomes a FAILED trial
+            if diskfull.is_disk_full(e):  # not the trial's fault: the search stops, the trial runs again on resume
+                raise kt.errors.FatalError("disk full") from e
             if interrupts.received():  # the signal, turned into another error inside a library
                 self._interrupted(info, history, started)
                 raise KeyboardInterrupt("interrupted") from e
-            message = failure_message(e)
-            atomic.write_text(TrialDir(info.dir).error, traceback.format_exc())
+            message = redact(failure_message(e))
+            atomic.write_text(TrialDir(info.dir).error, redact(traceback.format_exc()))
             self._results[trial.trial_id] = TrialResult(
                 status=FAILED, history=history, epochs_run=len(history.get("loss", [])),
                 seconds=time.monotonic() - started, error=message,

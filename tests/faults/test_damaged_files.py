@@ -90,3 +90,35 @@ def test_a_journal_torn_mid_line_resumes(tmp_path, digits_folders):
         journal.write(b'{"op_code": 5, "worker_id": "x", "trial_id": 1, "st')  # a write cut short
     assert search(tmp_path, digits_folders, "--algorithm", "tpe") == 0
     check_optuna(folder, MAX_TRIALS)
+
+
+@pytest.mark.parametrize("garbage", [np.random.default_rng(5).bytes(20000), b'{"not": "optuna"}\n[1, 2]\n' * 50],
+                         ids=["random bytes", "another program's JSON"])
+def test_a_journal_of_garbage_is_kept_aside_and_the_study_rebuilt_from_the_records(tmp_path, digits_folders, garbage,
+                                                                                   capsys):
+    assert search(tmp_path, digits_folders, "--algorithm", "tpe", max_trials=2) == 0
+    folder = SpaceDir(tmp_path / "tiny")
+    before = mtimes(folder)
+    folder.journal.write_bytes(garbage)
+    capsys.readouterr()
+    assert search(tmp_path, digits_folders, "--algorithm", "tpe") == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "cannot be read as an Optuna journal" in err
+    assert "rebuilt from 2 trial record(s)" in out
+    kept = list(folder.path.glob("optuna.journal.damaged-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == garbage
+    assert {p: t for p, t in mtimes(folder).items() if p in before} == before  # nothing run again
+    check_optuna(folder, MAX_TRIALS)
+
+
+def test_best_model_left_on_a_worse_trial_is_put_right_on_the_next_start(half_done, tmp_path, digits_folders):
+    """A full disk or a kill between a trial's record and its copy to best.keras."""
+    records = sorted(finished_records(half_done).values(), key=lambda r: r["best"]["val_accuracy"])
+    worse, better = records[0], records[-1]
+    assert worse["best"]["val_accuracy"] < better["best"]["val_accuracy"]
+    half_done.best_model.write_bytes(half_done.trial(worse["trial_id"]).model.read_bytes())
+    half_done.best_record.write_text(json.dumps({"trial_id": worse["trial_id"], "score": worse["best"]["val_accuracy"],
+                                                 "objective": "val_accuracy"}))
+    assert search(tmp_path, digits_folders, max_trials=2) == 0
+    assert json.loads(half_done.best_record.read_text())["trial_id"] == better["trial_id"]
+    assert half_done.best_model.read_bytes() == half_done.trial(better["trial_id"]).model.read_bytes()

@@ -118,15 +118,15 @@ def test_rerun_adds_trials_under_the_same_parent(resumed):
     assert parents[0].info.status == RUN_STATUS[code]
 
 
-def test_unreachable_server_warns_once_and_the_search_finishes(tmp_path, digits_folders, monkeypatch, capsys):
+def test_a_server_unreachable_at_the_start_is_one_line_before_anything_is_written(tmp_path, digits_folders,
+                                                                                   monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     started = time.monotonic()
     code = tiny(tmp_path, digits_folders, "--max-trials", "1")
     err = capsys.readouterr().err
-    assert code == 0
-    assert (tmp_path / "tiny" / "trials.csv").exists()
-    assert err.count("MLflow tracking is off") == 1 and "cannot reach the tracking server" in err
-    assert not (tmp_path / "tiny" / "mlflow.json").exists()
+    assert code == 2
+    assert err.count("\n") == 1 and "the tracking store http://127.0.0.1:9 does not answer" in err
+    assert not (tmp_path / "tiny").exists()
     assert time.monotonic() - started < 120
 
 

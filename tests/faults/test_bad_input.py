@@ -1,0 +1,95 @@
+"""A user's data or options that cannot work: each file that cannot be read is skipped and
+named, and each mistake that makes the whole search impossible is one line, exit 2, before
+anything is written."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import DIGITS, TINY
+from processes import REPO
+
+from search import run
+from search.runs.layout import SpaceDir
+
+
+def search(runs: Path, data: Path, *args: str) -> int:
+    return run.main([str(TINY), "--data", str(data), "--max-trials", "1", "--epochs", "1", "--runs-dir", str(runs),
+                     "--quiet", "--no-tracking", "--no-ensemble", *args])
+
+
+def test_images_shorter_than_any_header_are_skipped_and_named(tmp_path, digits_folders):
+    data = tmp_path / "data"
+    shutil.copytree(digits_folders, data)
+    (data / "3" / "empty.png").write_bytes(b"")
+    (data / "4" / "three-bytes.png").write_bytes(b"\x89PN")
+    (data / "5" / "empty.tif").write_bytes(b"")
+    (data / "6" / "short.jpg").write_bytes(b"\xff\xd8")
+    assert search(tmp_path / "runs", data) == 0
+    skipped = pd.read_csv(SpaceDir(tmp_path / "runs" / "tiny").skipped)
+    assert sorted(skipped["file"]) == ["3/empty.png", "4/three-bytes.png", "5/empty.tif", "6/short.jpg"]
+    assert skipped["reason"].str.len().min() > 0
+
+
+# `python -m search.run ARGS` in a process where importing TensorFlow fails: a mistake caught
+# before the import answers in its one line; one caught after it would answer with an ImportError.
+WITHOUT_TENSORFLOW = ("import runpy, sys; sys.modules['tensorflow'] = None; sys.argv = ['search.run', *sys.argv[1:]]; "
+                      "runpy.run_module('search.run', run_name='__main__', alter_sys=True)")
+
+
+def without_tensorflow(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": ""})
+
+
+def one_class(root: Path, digits: Path) -> Path:
+    shutil.copytree(digits / "3", root / "three")
+    return root
+
+
+def empty_class(root: Path, digits: Path) -> Path:
+    shutil.copytree(digits / "3", root / "three")
+    shutil.copytree(digits / "4", root / "four")
+    (root / "five").mkdir()
+    return root
+
+
+def typo_in_space(root: Path, digits: Path) -> Path:
+    (root.parent / "typo.py").write_text(DIGITS.read_text().replace("max_trials=4", "max_trails=4"))
+    return digits
+
+
+@pytest.mark.parametrize(("case", "space", "says"), [
+    ("missing folder", DIGITS, "data path {data} does not exist: pass the dataset's folder or .zip with --data PATH."),
+    ("one class", DIGITS, "{data} holds one class ('three'); a classifier needs at least 2: add a folder of images "
+                          "for each class ({data}/<class>/<image>)."),
+    ("empty class", DIGITS, "class folder(s) {data}/five hold no images ("),
+    ("typo in space", "typo.py", "typo.py, line 12: TypeError: Search.__init__() got an unexpected keyword argument 'max_trails'"),
+])
+def test_a_mistake_is_one_line_before_tensorflow_is_imported_and_nothing_is_written(
+        tmp_path, digits_folders, case, space, says):
+    data = {"missing folder": lambda root, _: root / "nowhere", "one class": one_class, "empty class": empty_class,
+            "typo in space": typo_in_space}[case](tmp_path / "data", digits_folders)
+    runs = tmp_path / "runs"
+    done = without_tensorflow(space, "--data", data, "--runs-dir", runs, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.splitlines() == [done.stderr.strip()] and done.stderr.startswith("error: ")
+    assert says.format(data=data) in done.stderr
+    assert not runs.exists()
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line_and_nothing_is_written(zygote, tmp_path, digits_folders):
+    runs = tmp_path / "runs"
+    done = zygote.run("run", TINY, "--data", digits_folders, "--runs-dir", runs, "--quiet",
+                      env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})  # nothing listens on the discard port
+    assert done.code == 2, done.output[-3000:]
+    assert done.stderr.strip() == ("error: the tracking store http://127.0.0.1:9 does not answer ([Errno 111] "
+                                   "Connection refused); start it or fix MLFLOW_TRACKING_URI (or mlflow.yaml's "
+                                   "tracking_uri), or pass --no-tracking.")
+    assert not runs.exists()
