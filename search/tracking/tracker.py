@@ -36,6 +36,7 @@ import numpy as np
 
 from search.engine.algorithms import uses_optuna
 from search.hparams import TrialConfig
+from search.models.applicable import applicable
 from search.engine.hooks import COMPLETED, FAILED, KILLED, OWN_MODEL, PRUNED, SearchHooks, SearchInfo, TrialInfo, TrialResult
 from search.models.schedules import learning_rate_schedule
 from search.redaction import redact
@@ -267,7 +268,7 @@ class MlflowTracker(SearchHooks):
             tags["study"] = str(study)
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number:03d}-{trial.trial_id}",
                                      tags=tags)
-        values = {**trial.config.as_dict(), **trial.values, "epochs": trial.epochs}
+        values = {**applicable(trial.config.as_dict(), trial.model, trial.values), "epochs": trial.epochs}
         if trial.initial_epoch:
             values["initial_epoch"] = trial.initial_epoch
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in values.items()])
