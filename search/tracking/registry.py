@@ -111,6 +111,22 @@ def force_champion(client: Any, name: str, version: str, objective: str) -> str:
     return f"; alias {CHAMPION!r} moved to it as --force asks{was}"
 
 
+def _mark_champion(client: Any, experiment_id: str, run_id: str, search_run_id: str | None, promoted: dict[str, Any],
+                   objective: str) -> None:
+    """Only the new champion's run keeps the tag champion=true; the search's run names it and
+    carries its score, so the runs list shows both without opening anything."""
+    earlier = client.search_runs([experiment_id], filter_string=f"tags.{CHAMPION} = 'true'", max_results=1000)
+    for run in earlier:
+        if run.info.run_id != run_id:
+            client.set_tag(run.info.run_id, CHAMPION, "replaced")
+    if search_run_id is None:
+        return
+    client.set_tag(search_run_id, "champion_run_id", run_id)
+    for key in (objective, f"held_out_{objective}"):
+        if isinstance(promoted.get(key), float):
+            client.log_metric(search_run_id, f"champion_{key}", promoted[key])
+
+
 def log_promotion(*, space: str, runs_dir: Path, model: Any, summary: dict[str, Any], metrics: dict[str, float],
                   score: Score, force: bool = False) -> str:
     """Log the promoted model as a run, register it and move `champion` if it is the best (to it
@@ -133,8 +149,11 @@ def log_promotion(*, space: str, runs_dir: Path, model: Any, summary: dict[str, 
     search_run = clients.search_run(RunsDir(runs_dir).space(space))
     if search_run is not None and search_run[0] == uri:
         tags["mlflow.parentRunId"] = search_run[1]  # nested under the search's run when it is in this store
-    run = client.create_run(clients.experiment_id(client, experiment, uri, config.artifact_location),
-                            run_name=f"promoted: {promoted['method']}", tags=tags)
+    experiment_id = clients.experiment_id(client, experiment, uri, config.artifact_location)
+    members = " + ".join(m if w == 1 else f"{m} x{w}" for m, w in zip(promoted["members"], promoted["weights"]))
+    tags[CHAMPION] = "true"  # the runs list finds it: tags.champion = 'true'
+    run = client.create_run(experiment_id, run_name=f"champion: {promoted['method'].replace('_', ' ')} {members}"[:250],
+                            tags=tags)
     run_id = run.info.run_id
     try:
         faults.point("promotion-logging")
@@ -151,6 +170,8 @@ def log_promotion(*, space: str, runs_dir: Path, model: Any, summary: dict[str, 
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
+    _mark_champion(client, experiment_id, run_id, search_run[1] if search_run and search_run[0] == uri else None,
+                   promoted, objective)
     message = f"MLflow: run {run_id} in experiment {experiment!r} ({redact(uri)})"
     if not name:
         return message + "; no registered_model_name in mlflow.yaml, so nothing registered."

@@ -60,3 +60,25 @@ def test_a_worse_method_never_replaces_the_champion_unless_forced(tmp_path, monk
     assert again["promoted"]["members"] == ["s"] and "scores lower" in again["replaces"]
     assert consistent(saved, client)["promoted"]["method"] == "best_single"
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "3"
+
+    champions_tagged = client.search_runs([client.get_experiment_by_name("transfer-search/fake").experiment_id],
+                                          "tags.champion = 'true'")
+    assert [r.info.run_name for r in champions_tagged] == ["champion: best single s"]  # the replaced ones untagged
+
+
+def test_the_mlflow_runs_list_shows_the_champion_and_compares_searches(searched):
+    client = MlflowClient(searched.tracking_uri)
+    experiment = client.get_experiment_by_name("transfer-search/digits").experiment_id
+    summary = json.loads((searched.space_dir / "ensemble.json").read_text())
+    (champion,) = client.search_runs([experiment], "tags.champion = 'true'")
+    members = " + ".join(summary["promoted"]["members"])
+    assert champion.info.run_name.startswith(f"champion: {summary['promoted']['method'].replace('_', ' ')} {members}")
+    search_run = client.get_run(json.loads((searched.space_dir / "mlflow.json").read_text())["run_id"])
+    assert search_run.data.tags["champion_run_id"] == champion.info.run_id
+    assert search_run.data.metrics["trials_finished"] == 3
+    assert search_run.data.metrics["champion_val_accuracy"] == summary["promoted"]["val_accuracy"]
+    assert search_run.data.metrics["champion_held_out_val_accuracy"] == summary["promoted"]["held_out_val_accuracy"]
+    assert "best_val_accuracy" in search_run.data.metrics
+    trials = client.search_runs([experiment], "tags.trial_id != ''", order_by=["tags.trial_number ASC"])
+    names = sorted(r.info.run_name for r in trials)
+    assert names[0].startswith("trial 001 ") and all("learning_rate=" in n for n in names), names
