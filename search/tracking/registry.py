@@ -148,7 +148,8 @@ def log_promotion(*, space: str, runs_dir: Path, model: Any, summary: dict[str, 
             **clients.liveness(workers.this_worker())}
     search_run = clients.search_run(RunsDir(runs_dir).space(space))
     if search_run is not None and search_run[0] == uri:
-        tags["mlflow.parentRunId"] = search_run[1]  # nested under the search's run when it is in this store
+        # A row of its own in the runs list (nested, it would hide in the search's collapsed row).
+        tags["search_run_id"] = search_run[1]
     experiment_id = clients.experiment_id(client, experiment, uri, config.artifact_location)
     members = " + ".join(m if w == 1 else f"{m} x{w}" for m, w in zip(promoted["members"], promoted["weights"]))
     tags[CHAMPION] = "true"  # the runs list finds it: tags.champion = 'true'

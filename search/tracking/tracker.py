@@ -156,7 +156,9 @@ class MlflowTracker(SearchHooks):
                 self.client.update_run(found[1], status="RUNNING")
                 return found[1]
         # Tagged with this process as it is created: killed at once, it is still found dead.
-        return self.client.create_run(self.experiment_id, run_name=search.name,
+        # Named so that two searches of one space tell apart in the runs list: algorithm and runs folder.
+        name = f"{search.name} search ({search.settings.get('algorithm', '?')}, {Path(search.space_dir).parent})"
+        return self.client.create_run(self.experiment_id, run_name=name[:250],
                                       tags=clients.liveness(self.worker)).info.run_id
 
     def _kill(self, run_id: str) -> None:
