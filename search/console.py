@@ -65,9 +65,10 @@ def progress(
         if not said_start and elapsed > QUIET_SECONDS:
             print(f"{what}: {done}{f' of {total}' if total else ''} {units} ...", file=sys.stderr, flush=True)
             said_start = True
-        if said_start and total and done >= next_quarter * total / 4 and next_quarter < 4:
+        elif said_start and total and done >= next_quarter * total / 4 and next_quarter < 4:
             print(f"{what}: {done} of {total} {units} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
-            next_quarter += 1
+        if total:  # the quarters already passed (in one burst, or before the start line) are not said again
+            next_quarter = max(next_quarter, int(4 * done // total) + 1)
     if said_start:
         print(f"{what}: {done} {units} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
 

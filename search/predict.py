@@ -5,10 +5,13 @@ set whose records carry `id` (Petals to the Metal) gives Kaggle's submission.csv
 written exactly as the report wrote it. A file, a record or an image that cannot be read is
 left out and named, and the rest is predicted.
 
+`--probabilities` adds every class's probability, for blending with other models.
+
 `--tta N` averages the model's probabilities over each image and N-1 fixed views of it
-(flips, turns, zooms) taken from the augmentation the model was trained with; what that
-gains is measured on the search's validation images and written beside the output
-(tta.json), since test-time augmentation can also cost accuracy.
+(flips, turns, zooms) that the augmentation the model was trained with produces (none for a
+model trained without augmentation); what that gains is measured on the search's validation
+images and written beside the output (tta.json), and the views are applied only when they
+raise val accuracy (or with --force-tta), since test-time augmentation can also cost it.
 """
 
 from __future__ import annotations
@@ -93,8 +96,10 @@ def _report_skips(skipped: list[tuple[str, str]]) -> None:
 
 
 def predict_images(model: Any, files: list[Path], root: Path, class_names: list[str], out: Path, *,
-                   runs_dir: Path, max_pixels: int | None, views: Sequence[View]) -> tuple[int, list[tuple[str, str]]]:
-    """Write file,label,probability for each readable image; returns the rows and what was skipped."""
+                   runs_dir: Path, max_pixels: int | None, views: Sequence[View], every_class: bool = False
+                   ) -> tuple[int, list[tuple[str, str]]]:
+    """Write file,label,probability for each readable image (and every class's probability when
+    `every_class`); returns the rows and what was skipped."""
     import tensorflow as tf
 
     from search.data.folders import check_images, converted_folder, shown
@@ -121,23 +126,37 @@ def predict_images(model: Any, files: list[Path], root: Path, class_names: list[
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["file", "label", "probability"])
+            writer.writerow(["file", "label", "probability", *(_columns(class_names, probs) if every_class else [])])
             for i, label, row in zip(index, labels, probs):
                 name = _name(files[i], base)
-                writer.writerow([name, class_names[label] if label < len(class_names) else int(label), f"{row[label]:.6f}"])
+                every = [_probability(v) for v in row] if every_class else []
+                writer.writerow([name, class_names[label] if label < len(class_names) else int(label),
+                                 f"{row[label]:.6f}", *every])
 
     atomic.write_with(out, write)
     return len(index), skipped
+
+
+def _columns(class_names: list[str], probs: np.ndarray) -> list[str]:
+    """One column per class, named by the class (its index when the search did not keep names)."""
+    count = probs.shape[1]
+    return [str(c) for c in class_names] if len(class_names) == count else [str(i) for i in range(count)]
+
+
+def _probability(value: float) -> str:
+    return f"{float(value):.8f}"
 
 
 def _name(file: Path, base: Path) -> str:
     return file.relative_to(base).as_posix()
 
 
-def predict_submission(model: Any, files: list[Path], out: Path, *, views: Sequence[View]
-                       ) -> tuple[int, list[tuple[str, str]]]:
+def predict_submission(model: Any, files: list[Path], out: Path, *, views: Sequence[View],
+                       class_names: list[str] | None = None) -> tuple[int, list[tuple[str, str]]]:
     """Write Kaggle's submission.csv (id,label) for test records carrying `id`; returns its rows
-    and what was skipped: the unreadable tail of a corrupt file, records whose image does not decode."""
+    and what was skipped: the unreadable tail of a corrupt file, records whose image does not decode.
+    With `class_names`, every class's probability goes to probabilities.csv beside it (id, one
+    column per class), for blending."""
     from search.data import tfrecord
     from search.ensembles.model import input_size
     from search.runs import atomic
@@ -164,6 +183,15 @@ def predict_submission(model: Any, files: list[Path], out: Path, *, views: Seque
     # The report's own line, so the file is byte-for-byte what it submitted.
     atomic.write_with(out, lambda tmp: np.savetxt(tmp, np.rec.fromarrays([ids[index], predictions]), fmt=["%s", "%d"],
                                                   delimiter=",", header="id,label", comments=""))
+    if class_names is not None:
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["id", *_columns(class_names, probs)])
+                for record_id, row in zip(ids[index], probs):
+                    writer.writerow([record_id, *(_probability(v) for v in row)])
+
+        atomic.write_with(out.with_name("probabilities.csv"), write)
     return len(index), skipped
 
 
@@ -234,7 +262,9 @@ def measure_tta(model: Any, data: Any, views: Sequence[View]) -> dict[str, Any]:
 
 
 def _tta(args: argparse.Namespace, saved: Any, model: Any, model_path: Path, out: Path) -> tuple[list[View], str]:
-    """The views to average over, and the line saying what they gain (written to tta.json too)."""
+    """The views to average over, and the line saying what they gain (written to tta.json too):
+    only views the training augmentation could produce, applied only when they raise val
+    accuracy (or with --force-tta)."""
     if args.tta == 1:
         return [lambda images: images], ""
     from search.data.augment import tta_views
@@ -245,17 +275,26 @@ def _tta(args: argparse.Namespace, saved: Any, model: Any, model_path: Path, out
     if note:
         print(note, file=sys.stderr)
     views = tta_views(policy, input_size(model))
+    if len(views) == 1:
+        raise SearchError(f"--tta {args.tta}: the model was trained with augmentation {policy!r}, which produces no "
+                          "view of an image but the image itself; run without --tta.")
     if args.tta > len(views):
         raise SearchError(f"--tta {args.tta}: the model's augmentation {policy!r} gives {len(views)} views "
                           f"({', '.join(name for name, _ in views)}); use --tta {len(views)} or less.")
     views = views[:args.tta]
     measured = measure_tta(model, saved.open_data(), [fn for _, fn in views])
-    summary = {"policy": policy, "views": [name for name, _ in views], "model": str(model_path), **measured}
+    applied = measured["gain"] > 0 or args.force_tta
+    summary = {"policy": policy, "views": [name for name, _ in views], "model": str(model_path), **measured,
+               "applied": applied}
     where = out.with_name("tta.json")
     atomic.write_json(where, summary)
     line = (f"TTA ({policy}: {', '.join(summary['views'])}): val accuracy {measured['val_accuracy']:.4f} -> "
-            f"{measured['val_accuracy_tta']:.4f} ({measured['gain']:+.4f}) on {measured['val_images']} val images; {where}")
-    return [fn for _, fn in views], line
+            f"{measured['val_accuracy_tta']:.4f} ({measured['gain']:+.4f}) on {measured['val_images']} val images; ")
+    if measured["gain"] > 0:
+        return [fn for _, fn in views], line + f"applied; {where}"
+    if args.force_tta:
+        return [fn for _, fn in views], line + f"applied anyway, as --force-tta asks; {where}"
+    return [views[0][1]], line + f"not applied, since it does not raise val accuracy (--force-tta applies it); {where}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,7 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="FILE", help="a .keras model instead of the search's champion")
     p.add_argument("--tta", type=int, default=1, metavar="N",
                    help="average over the image and N-1 views of it from the training augmentation "
-                        "(default 1: no test-time augmentation); its gain on val goes to tta.json")
+                        "(default 1: no test-time augmentation); measured on val (tta.json) and applied only "
+                        "when it raises val accuracy")
+    p.add_argument("--force-tta", action="store_true", help="apply --tta even when it does not raise val accuracy")
+    p.add_argument("--probabilities", action="store_true",
+                   help="every class's probability too: one column per class in predictions.csv; for TFRecords a "
+                        "probabilities.csv (id, one column per class) beside the submission")
     return p
 
 
@@ -282,8 +326,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.tta < 1:
             raise SearchError(f"--tta {args.tta}: give the number of views to average, 1 (none) or more.")
-        import keras
-
         from search.runs.layout import served_model
         from search.runs.saved import locate
 
@@ -298,14 +340,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(note, file=sys.stderr)
         kind, files = _find_inputs(Path(args.images))
         out = Path(args.out or ("submission.csv" if kind == "tfrecord" else "predictions.csv"))
-        model = keras.models.load_model(model_path, compile=False)
+        model = _load(model_path, saved.folder)
         views, measured = _tta(args, saved, model, model_path, out)
         if kind == "tfrecord":
-            rows, skipped = predict_submission(model, files, out, views=views)
+            rows, skipped = predict_submission(model, files, out, views=views,
+                                               class_names=saved.class_names if args.probabilities else None)
         else:
             spec = saved.space.data if saved.space is not None else None
             rows, skipped = predict_images(model, files, Path(args.images), saved.class_names, out,
-                                           runs_dir=saved.runs_dir, views=views,
+                                           runs_dir=saved.runs_dir, views=views, every_class=args.probabilities,
                                            max_pixels=spec.max_pixels if spec else _default_max_pixels())
     except SearchError as e:
         return fail(e)
@@ -314,6 +357,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     left_out = f"; skipped {len(skipped)} unreadable input(s), named above" if skipped else ""
     print(f"{out}: {rows} row(s) from {model_path}{left_out}")
     return 0
+
+
+def _load(path: Path, folder: Any) -> Any:
+    """The model to serve; SearchError in one line when the champion does not match the digest
+    ensemble.json keeps, or when the file is not a model Keras can read."""
+    import keras
+
+    from search.ensembles.champion import checked
+
+    checked(folder, path)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, EOFError) as e:
+        again = (f"; promote it again: python -m search.ensemble {folder.name} --runs-dir {folder.path.parent}"
+                 if path.resolve() == folder.champion.resolve() else "")
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise SearchError(f"{path} is not a model Keras can read ({type(e).__name__}: {first}){again}") from None
 
 
 def _default_max_pixels() -> int | None:

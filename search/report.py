@@ -85,9 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = [folder.leaderboard, plot]
     found = importance.write(gathered.records, folder, objective)
     if found is not None:
-        print(f"\nWhich hyperparameters mattered ({found.method}, {found.trials} completed trials):")
-        print(found.table.to_string(index=False))
+        print(f"\nWhich hyperparameters mattered ({found.method} over {found.trials} completed trials, ± its spread "
+              f"over {importance.RESAMPLES} bootstrap resamples of them):")
+        print(importance.shown(found.table))
         written += found.files
+    else:
+        print(f"\nWhich hyperparameters mattered: not shown: {importance.why_not(gathered.records, objective)}.")
     written += write_pareto(folder.path, gathered.records)
     print(f"Wrote {', '.join(str(p) for p in written)}")
     if not args.no_mlflow:

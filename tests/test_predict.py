@@ -12,6 +12,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 from PIL import Image
@@ -23,37 +24,86 @@ from search.runs.saved import locate
 from conftest import digit_images, petals_example, write_records
 
 
-def test_tta_averages_the_mirror_and_measures_its_gain_on_val(searched, digits_folders, tmp_path, capsys):
+def test_tta_offers_no_view_a_model_trained_without_augmentation_never_saw(searched, digits_folders, tmp_path,
+                                                                           capsys):
     out = tmp_path / "predictions.csv"
-    base = ["digits", "--runs-dir", str(searched.runs), "--images", str(digits_folders / "3"), "--out", str(out)]
-    assert predict.main([*base, "--tta", "2"]) == 0
-    summary = json.loads((tmp_path / "tta.json").read_text())
-    # spaces/digits.py trains with augmentation "none": its only view besides the image is the mirror.
-    assert (summary["policy"], summary["views"]) == ("none", ["image", "mirror"])
-    saved = locate("digits", searched.runs)
-    data = saved.open_data()
+    # spaces/digits.py trains with augmentation "none": a mirrored digit is not one it was trained on.
+    assert predict.main(["digits", "--runs-dir", str(searched.runs), "--images", str(digits_folders / "3"),
+                         "--out", str(out), "--tta", "2"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: --tta 2: the model was trained with augmentation 'none', which produces no view of an "
+                      "image but the image itself; run without --tta."]
+    assert not out.exists()
+
+
+def _trained_with(searched, tmp_path: Path, policy: str) -> Path:
+    """The shared search, its trial records saying they were trained with `policy`."""
+    runs = tmp_path / "runs"
+    shutil.copytree(searched.runs, runs, ignore=shutil.ignore_patterns("mlflow*", "mlartifacts", "*.lock"))
+    for path in (runs / "digits" / "trials").glob("*/result.json"):
+        record = json.loads(path.read_text())
+        record["config"]["augmentation"] = policy
+        path.write_text(json.dumps(record))
+    return runs
+
+
+def test_tta_that_loses_on_val_is_measured_and_not_applied_unless_forced(searched, digits_folders, tmp_path, capsys,
+                                                                        monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    runs = _trained_with(searched, tmp_path, "faces")  # faces views: the image, its mirror, zooms and turns
+    saved = locate("digits", runs)
     model = keras.models.load_model(saved.folder.champion, compile=False)
+    data = saved.open_data()
     plain, mirrored = [], []
     for images, _ in data.dataset("val", 32, 64):
         plain.append(model.predict_on_batch(images))
         mirrored.append(model.predict_on_batch(images[:, :, ::-1]))
     plain, mirrored, labels = np.concatenate(plain), np.concatenate(mirrored), data.labels("val")
-    assert summary["val_images"] == len(labels) == 359
-    assert summary["val_accuracy"] == pytest.approx(float((plain.argmax(1) == labels).mean()))
-    assert summary["val_accuracy_tta"] == pytest.approx(float(((plain + mirrored).argmax(1) == labels).mean()))
-    assert summary["gain"] == pytest.approx(summary["val_accuracy_tta"] - summary["val_accuracy"])
+    gain = float(((plain + mirrored).argmax(1) == labels).mean() - (plain.argmax(1) == labels).mean())
+    assert gain <= 0  # the mirror of a digit is not one more look at it
+
+    base = ["digits", "--runs-dir", str(runs), "--images", str(digits_folders / "3"), "--tta", "2"]
+    out = tmp_path / "plain.csv"
+    assert predict.main([*base, "--out", str(out)]) == 0
+    summary = json.loads((tmp_path / "tta.json").read_text())
+    assert summary["views"] == ["image", "mirror"] and summary["val_images"] == len(labels) == 359
+    assert summary["gain"] == pytest.approx(gain) and summary["applied"] is False
     printed = capsys.readouterr().out
-    assert f"TTA (none: image, mirror): val accuracy {summary['val_accuracy']:.4f} -> " in printed
+    assert f"({gain:+.4f}) on 359 val images; not applied, since it does not raise val accuracy" in printed
     name, _, probability = list(csv.reader(out.open()))[1]
-    encoded = (digits_folders / "3" / name).read_bytes()
-    x = np.asarray(decode_image(encoded, 32), np.float32)[None]  # the pixels training saw
+    x = np.asarray(decode_image((digits_folders / "3" / name).read_bytes(), 32), np.float32)[None]
+    assert float(probability) == pytest.approx(float(model.predict_on_batch(x)[0].max()), abs=1e-5)
+
+    forced = tmp_path / "forced.csv"
+    assert predict.main([*base, "--out", str(forced), "--force-tta"]) == 0
+    assert json.loads((tmp_path / "tta.json").read_text())["applied"] is True
+    assert "applied anyway, as --force-tta asks" in capsys.readouterr().out
+    name, _, probability = list(csv.reader(forced.open()))[1]
+    x = np.asarray(decode_image((digits_folders / "3" / name).read_bytes(), 32), np.float32)[None]
     expected = (model.predict_on_batch(x) + model.predict_on_batch(x[:, :, ::-1])) / 2
     assert float(probability) == pytest.approx(float(expected[0].max()), abs=1e-5)
-    assert predict.main([*base, "--tta", "3"]) == 2
-    assert predict.main([*base, "--tta", "0"]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
-    assert errors == ["error: --tta 3: the model's augmentation 'none' gives 2 views (image, mirror); use --tta 2 or less.",
-                      "error: --tta 0: give the number of views to average, 1 (none) or more."]
+
+
+def test_probabilities_of_every_class_sum_to_one_per_row(searched, digits_folders, digits_tfrecords, tmp_path):
+    out = tmp_path / "predictions.csv"
+    assert predict.main(["digits", "--runs-dir", str(searched.runs), "--images", str(digits_folders / "3"),
+                         "--out", str(out), "--probabilities"]) == 0
+    table = pd.read_csv(out, dtype={"label": str})
+    classes = [str(i) for i in range(10)]
+    assert list(table.columns) == ["file", "label", "probability", *classes]
+    every = table[classes].to_numpy()
+    np.testing.assert_allclose(every.sum(axis=1), 1.0, atol=1e-5)
+    assert (table["label"] == [classes[i] for i in every.argmax(axis=1)]).all()
+    np.testing.assert_allclose(table["probability"], every.max(axis=1), atol=1e-5)
+
+    submission = tmp_path / "submission.csv"
+    assert predict.main(["digits", "--runs-dir", str(searched.runs), "--images", str(digits_tfrecords),
+                         "--out", str(submission), "--probabilities"]) == 0
+    assert submission.read_text().splitlines()[0] == "id,label"  # still what Kaggle takes
+    blend = pd.read_csv(tmp_path / "probabilities.csv")
+    assert list(blend.columns) == ["id", *classes] and len(blend) == 10
+    np.testing.assert_allclose(blend[classes].to_numpy().sum(axis=1), 1.0, atol=1e-5)
+    assert list(blend["id"]) == [line.split(",")[0] for line in submission.read_text().splitlines()[1:]]
 
 
 def test_a_submission_leaves_out_corrupt_records_and_undecodable_images_by_id(searched, digits_tfrecords, tmp_path,

@@ -254,7 +254,8 @@ def _centre_crop(image_size: int, upscaled: int) -> Callable[[tf.Tensor], tf.Ten
 
 
 def _none_views(image_size: int) -> list[View]:
-    return [("image", _identity), ("mirror", _mirror)]
+    # A model trained on unaugmented images never saw a mirror: digits and text read backwards.
+    return [("image", _identity)]
 
 
 def _faces_views(image_size: int) -> list[View]:

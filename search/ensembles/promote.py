@@ -15,7 +15,6 @@ champion from the same trials leaves the champion and the registry as they are.
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,8 +27,11 @@ from optuna.trial import TrialState
 from search.data.dataset import ImageData
 from search.engine.optuna_oracle import counted, open_storage
 from search.engine.strategy import detect
+from search.ensembles import champion as champions
+from search.ensembles import heldout
 from search.ensembles.model import build_ensemble_model, input_size, predict_split
 from search.ensembles.refit import refit_epochs, refit_member
+from search.ensembles.table import LABELS, print_summary
 from search.ensembles.selection import Selection, best_single, followed, greedy_selection, scores, top_k_average, \
     weighted_average
 from search.errors import SearchError
@@ -43,7 +45,6 @@ from search.tracking.config import load_config, shared, tracking_uri
 
 # At an equal objective, a log-loss gain below this is noise, not worth k times the inference.
 MIN_LOSS_GAIN = 0.01
-LABELS = {"best_single": "best single", "top_k": "top-k average", "greedy": "greedy selection"}
 METHODS = ("auto", *LABELS)
 # How long a promotion waits for another one of the same folder to finish.
 LOCK_WAIT = 1800
@@ -54,17 +55,26 @@ STUDY_WAIT = 120.0
 
 
 def beats(ensemble: Selection, single: Selection) -> bool:
-    """Worth serving several models instead of one: a better objective, or the same and a val
-    log-loss at least MIN_LOSS_GAIN (relative) lower."""
+    """In-sample only: a better objective, or the same and a val log-loss at least MIN_LOSS_GAIN
+    (relative) lower. Promotion decides on held-out figures (`heldout.choose`)."""
     if ensemble.objective_value != single.objective_value:
         return ensemble.score[0] > single.score[0]
     return ensemble.val_log_loss < single.val_log_loss * (1.0 - MIN_LOSS_GAIN)
 
 
-def _row(selection: Selection, test: dict[str, float] | None = None) -> dict[str, Any]:
+def _row(selection: Selection, test: dict[str, float] | None = None, choice: heldout.Choice | None = None,
+         sizes: dict[str, float] | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"method": selection.method, "members": list(selection.members),
                            "weights": list(selection.weights), **{k: float(v) for k, v in selection.values.items()},
                            "val_log_loss": selection.val_log_loss}
+    if choice is not None and selection.method in choice.held:
+        held = choice.held[selection.method]
+        row.update({f"held_out_{k}": float(v) for k, v in held.values.items()})
+        row["held_out_chosen"] = [{"members": list(m), "weights": list(w)} for m, w in held.chosen]
+    if choice is not None:
+        row["inference_cost"] = round(float(choice.costs[selection.method]), 3)
+    if sizes is not None:
+        row["size_mb"] = round(float(sum(sizes.get(m, 0.0) for m in selection.members)), 3)
     return {**row, **(test or {})}
 
 
@@ -81,36 +91,40 @@ def _test_scores(candidates: list[Selection], paths: dict[str, Path], data: Imag
     return found
 
 
-def _same_as_before(saved: SavedSearch, promoted: Selection, trials: list[str], refit: bool) -> dict[str, Any] | None:
-    """The previous ensemble.json when it promoted the same members and weights from the same trials."""
-    try:
-        previous = json.loads(saved.folder.ensemble_record.read_text())
-    except (OSError, ValueError):
+def _same_as_before(now: champions.Current, promoted: Selection, trials: list[str],
+                    refit: bool) -> dict[str, Any] | None:
+    """The previous ensemble.json when it promoted the same members and weights from the same
+    trials, and champion.keras is still the file it describes."""
+    previous = now.record
+    if previous is None or not now.intact:
         return None
     row = previous.get("promoted", {})
     same = (not refit and not previous.get("refit") and previous.get("trials") == trials
-            and row.get("members") == list(promoted.members) and row.get("weights") == list(promoted.weights)
-            and saved.folder.champion.is_file())
+            and row.get("members") == list(promoted.members) and row.get("weights") == list(promoted.weights))
     return previous if same else None
 
 
 def promote(saved: SavedSearch, *, top_k: int = 2, rounds: int = 50, refit: bool = False, track: bool = True,
-            method: str = "auto", verbose: int = 0) -> dict[str, Any]:
-    """Choose, save and log the promoted model of a finished search; returns ensemble.json's content.
+            method: str = "auto", verbose: int = 0, force: bool = False) -> dict[str, Any]:
+    """Choose, save and log the promoted model of a finished search; returns ensemble.json's content
+    (the kept champion's, when the new choice does not score better and `force` is False).
 
-    `method` "auto" promotes the better ensemble only when it beats the best single trial;
-    "best_single", "top_k" or "greedy" promote that candidate whatever the scores.
+    `method` "auto" promotes the better ensemble only when its held-out score beats the best
+    single trial's by the margin (`heldout.choose`); "best_single", "top_k" or "greedy" promote
+    that candidate whatever the scores. A champion in place is replaced only by one scoring
+    better on val by the search's objective, unless `force`.
     """
     if method not in METHODS:
         raise SearchError(f"--method must be one of {', '.join(METHODS)}; got {method!r}.")
     if top_k < 1 or rounds < 1:
         raise SearchError(f"--top-k and --rounds must be >= 1, got {top_k} and {rounds}.")
     with FolderLock(saved.folder.promotion_lock, doing="promoting the champion", wait=LOCK_WAIT):
-        return _promote(saved, top_k=top_k, rounds=rounds, refit=refit, track=track, method=method, verbose=verbose)
+        return _promote(saved, top_k=top_k, rounds=rounds, refit=refit, track=track, method=method, verbose=verbose,
+                        force=force)
 
 
 def _promote(saved: SavedSearch, *, top_k: int, rounds: int, refit: bool, track: bool, method: str,
-             verbose: int) -> dict[str, Any]:
+             verbose: int, force: bool) -> dict[str, Any]:
     folder = saved.folder
     gathered = study.gather(saved)
     notes = list(gathered.notes)
@@ -122,36 +136,40 @@ def _promote(saved: SavedSearch, *, top_k: int, rounds: int, refit: bool, track:
     labels = gathered.labels
     probabilities = {trial_id: np.load(t.probabilities) for trial_id, t in gathered.trials.items()}
     objective = followed(saved.objective)
+    paths = {t: gathered.trials[t].model for t in probabilities}
+    sizes = heldout.file_sizes(paths)
 
-    single = best_single(probabilities, labels, objective=objective)
-    candidates = [single, top_k_average(probabilities, labels, top_k, objective=objective),
-                  greedy_selection(probabilities, labels, rounds=rounds, objective=objective)]
-    best_ensemble = max(candidates[1:], key=lambda s: s.score)  # top-k first on ties: the report's method
-    if method != "auto":
-        promoted = next(c for c in candidates if c.method == method)
-        reason = f"chosen with --method {method}"
-    elif best_ensemble.size > 1 and beats(best_ensemble, single):
-        promoted = best_ensemble
-        reason = (f"it beats the best single trial {single.members[0]} on val: {objective} "
-                  f"{promoted.objective_value:.4f} vs {single.objective_value:.4f}, log-loss "
-                  f"{promoted.val_log_loss:.4f} vs {single.val_log_loss:.4f}")
-    else:
-        promoted = single
-        reason = (f"no ensemble beats it on val: the best, {LABELS[best_ensemble.method]}, has {objective} "
-                  f"{best_ensemble.objective_value:.4f} vs {single.objective_value:.4f}, log-loss "
-                  f"{best_ensemble.val_log_loss:.4f} vs {single.val_log_loss:.4f}"
-                  if len(probabilities) > 1 else "only one trial has finished")
+    choosers: dict[str, heldout.Chooser] = {
+        "best_single": lambda p, y: best_single(p, y, objective=objective),
+        "top_k": lambda p, y: top_k_average(p, y, top_k, objective=objective),
+        "greedy": lambda p, y: greedy_selection(p, y, rounds=rounds, objective=objective),
+    }
+    candidates = [choose(probabilities, labels) for choose in choosers.values()]
+    choice = heldout.choose(candidates, probabilities, labels, choosers=choosers, sizes=sizes, seed=saved.seed,
+                            method=method)
+    promoted, reason = choice.promoted, choice.reason
     trial_ids = sorted(probabilities)
-    previous = _same_as_before(saved, promoted, trial_ids, refit)
+    now = champions.current(folder)
+    previous = _same_as_before(now, promoted, trial_ids, refit)
     if previous is not None:
         print(f"The champion is unchanged: {LABELS[promoted.method]} of {' + '.join(promoted.members)} from the same "
               f"{len(trial_ids)} trials, as promoted at {previous.get('created')} ({folder.champion}).")
-        _print(previous)
+        print_summary(previous)
         return previous
-    notes.append("members are chosen and scored on the same val set, which flatters the chosen ones; "
-                 "test scores, where there is a labelled test split, do not share that bias")
+    replaces = _replaces(now, promoted, objective, refit=refit, force=force)
+    if replaces is None:
+        assert now.record is not None
+        kept = now.record["promoted"]
+        print(f"Kept the champion {folder.champion}: {champions.describe(kept, objective)}; the new choice, "
+              f"{champions.describe(_row(promoted), objective)}, does not score better by {objective} "
+              "(--force replaces it).")
+        return now.record
+    if replaces:
+        notes.append(replaces)
+        print(replaces[0].upper() + replaces[1:] + ".", flush=True)
+    notes.append("in-sample figures: members chosen and scored on the same val images, which flatters them; "
+                 "held_out_*: cross-fitted, chosen on one half of the val images and scored on the other, both ways")
 
-    paths = {t: gathered.trials[t].model for t in probabilities}
     data = None
     try:
         data = saved.open_data()
@@ -173,7 +191,8 @@ def _promote(saved: SavedSearch, *, top_k: int, rounds: int, refit: bool, track:
     faults.point("promotion")
     model = _save_champion(promoted, member_paths, folder.champion)
     check = _check_model(model, promoted, probabilities, data, labels) if data is not None and not refit else {}
-    promoted_row = {**_row(promoted, test.get(promoted.method)), "model": str(folder.champion), "refit": refit, **check}
+    promoted_row = {**_row(promoted, test.get(promoted.method), choice, sizes), "model": str(folder.champion),
+                    "sha256": champions.digest(folder.champion), "refit": refit, **check}
     if refit and test and data is not None:
         refit_members = Selection("refit", promoted.members, promoted.weights, promoted.values, objective)
         promoted_row.update(_test_scores([refit_members], dict(zip(promoted.members, member_paths)), data, {})["refit"])
@@ -186,16 +205,40 @@ def _promote(saved: SavedSearch, *, top_k: int, rounds: int, refit: bool, track:
         "metric": f"val {objective.removeprefix('val_')}, val log-loss breaking ties",
         "objective": objective,
         "top_k": top_k, "rounds": rounds, "refit": refit,
-        "candidates": {s.method: _row(s, test.get(s.method)) for s in candidates},
+        "held_out": {"method": f"cross-fitting on {heldout.PARTS} stratified halves of the val images",
+                     "seed": saved.seed, "margin": choice.margin, "margin_rule": heldout.margin_rule(objective)},
+        "candidates": {s.method: _row(s, test.get(s.method), choice, sizes) for s in candidates},
         "promoted": promoted_row,
         "reason": reason,
+        "replaces": replaces or None,
         "notes": notes,
     }
     if track:
-        summary["mlflow"] = _track(saved, model, summary, promoted)
+        summary["mlflow"] = _track(saved, model, summary, promoted, force=force)
     atomic.write_json(folder.ensemble_record, summary)
-    _print(summary)
+    print_summary(summary)
     return summary
+
+
+def _replaces(now: champions.Current, promoted: Selection, objective: str, *, refit: bool, force: bool) -> str | None:
+    """"" when nothing is replaced, what is replaced and why when it is, None when the champion
+    in place stays (it scores at least as well and nothing forces the change)."""
+    if not now.exists:
+        return ""
+    if not now.intact:
+        return f"{now.problem}: promoting again from the trial records"
+    assert now.record is not None
+    kept = now.record["promoted"]
+    what = champions.describe(kept, now.record.get("objective", objective))
+    if now.record.get("objective", objective) != objective:
+        return f"replacing the champion ({what}), promoted for another objective"
+    if force:
+        return f"replacing the champion ({what}) as --force asks"
+    if refit:
+        return f"replacing the champion ({what}) by its refit on train+val, as --refit asks"
+    if promoted.score > champions.score(kept, objective):
+        return f"replacing the champion ({what}), which scores lower by {objective}"
+    return None
 
 
 def _refit(saved: SavedSearch, promoted: Selection, gathered: study.Gathered, data: ImageData, *,
@@ -240,49 +283,19 @@ def _check_model(model: Any, promoted: Selection, probabilities: dict[str, np.nd
     }
 
 
-def _track(saved: SavedSearch, model: Any, summary: dict[str, Any], promoted: Selection) -> str:
+def _track(saved: SavedSearch, model: Any, summary: dict[str, Any], promoted: Selection, *, force: bool) -> str:
     from search.tracking import registry
 
     metrics = {k: v for k, v in summary["promoted"].items() if isinstance(v, float) and k != "refit"}
     try:
         return registry.log_promotion(space=saved.name, runs_dir=saved.runs_dir, model=model, summary=summary,
-                                      metrics=metrics, score=promoted.score)
+                                      metrics=metrics, score=promoted.score, force=force)
     except Exception as e:  # noqa: BLE001 - tracking must never fail a promotion
         from search.redaction import redact
 
         first = (str(e).strip().splitlines() or [""])[0][:300]
         return (f"warning: MLflow logging failed ({type(e).__name__}: {redact(first)}); the champion is saved on "
                 "disk regardless.")
-
-
-def _members(row: dict[str, Any]) -> str:
-    return " + ".join(m if w == 1 else f"{m} x{w}" for m, w in zip(row["members"], row["weights"]))
-
-
-def _print(summary: dict[str, Any]) -> None:
-    rows = summary["candidates"]
-    objective = summary.get("objective", "val_accuracy")
-    shown = [m for m in ("val_accuracy", "val_f1", "val_top5_accuracy", "val_loss") if m in next(iter(rows.values()))]
-    with_test = any("test_accuracy" in r for r in rows.values())
-    print(f"\nEnsembles of {summary['finished_trials']} finished trials, scored on {summary['val_images']} val images"
-          + (" and the labelled test split" if with_test else "") + f", by {objective}:")
-    header = "".join(f" {m.removeprefix('val_'):>10}" for m in shown)
-    print(f"  {'candidate':<18}{header}" + (f" {'test acc':>9}" if with_test else "") + "  members")
-    for method, r in rows.items():
-        values = "".join(f" {r[m]:>10.4f}" for m in shown)
-        test = f" {r['test_accuracy']:>9.4f}" if "test_accuracy" in r else (" " * 10 if with_test else "")
-        print(f"  {LABELS[method]:<18}{values}{test}  {_members(r)}")
-    promoted = summary["promoted"]
-    print(f"Promoted: {LABELS[promoted['method']]} ({_members(promoted)}); {summary['reason']}.")
-    if "model_max_abs_diff" in promoted:
-        print(f"  saved model reloaded: val accuracy {promoted['model_val_accuracy']:.4f}, "
-              f"max |difference| from the members' weighted average {promoted['model_max_abs_diff']:.2g}")
-    if summary["refit"]:
-        refit_test = f"; test accuracy after refit {promoted['test_accuracy']:.4f}" if "test_accuracy" in promoted else ""
-        print(f"  refit on train+val: its val score cannot be measured honestly{refit_test}")
-    print(f"Champion: {promoted['model']}  (details: {Path(promoted['model']).parent / 'ensemble.json'})")
-    if summary.get("mlflow"):
-        print(summary["mlflow"], file=sys.stderr if summary["mlflow"].startswith("warning:") else sys.stdout)
 
 
 def after_search(outcome: Any, space: Any, runs_dir: Path, *, track: bool = True) -> None:

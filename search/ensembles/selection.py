@@ -41,6 +41,11 @@ def _score(values: Mapping[str, float], objective: str) -> Score:
     return values[objective], -loss
 
 
+def score_of(values: Mapping[str, float], objective: str) -> Score:
+    """How a prediction with these val metrics ranks by `objective` (a tuple, higher is better)."""
+    return _score(values, followed(objective))
+
+
 _METRIC = {
     "val_accuracy": metrics.accuracy,
     "val_f1": metrics.macro_f1,

@@ -18,6 +18,7 @@ import pandas as pd
 
 from search import metrics
 from search.engine.hooks import COMPLETED, TrialInfo, TrialResult
+from search.models.applicable import applicable
 from search.runs import atomic, workers
 from search.runs.layout import SpaceDir, TrialDir
 from search.runs.locks import FolderLock
@@ -113,7 +114,7 @@ def trials_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in records:
         row: dict[str, Any] = {"trial_id": r["trial_id"], "status": r["status"]}
-        row.update(r.get("config", {}))
+        row.update(applicable(r.get("config", {}), model_of(r), r.get("values")))
         row["backbone"] = model_of(r)
         best = r.get("best") or {}
         row.update({m: best.get(m) for m in COLUMNS})

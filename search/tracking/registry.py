@@ -26,6 +26,7 @@ from search.tracking import client as clients
 from search.tracking.config import load_config, tracking_uri
 
 CHAMPION = "champion"
+SUPERSEDED = "superseded_by"
 SETTLE_SECONDS = 1.0
 ROUNDS = 5
 
@@ -52,6 +53,8 @@ def version_score(client: Any, version: Any, objective: str) -> Score | None:
 def _best_version(client: Any, name: str, objective: str) -> tuple[Any, Score] | None:
     best: tuple[Any, Score] | None = None
     for version in client.search_model_versions(f"name = '{name}'"):
+        if (version.tags or {}).get(SUPERSEDED):  # a champion replaced with --force never comes back on its own
+            continue
         score = version_score(client, version, objective)
         # Higher score first; on a tie the earlier version keeps it.
         if score is not None and (best is None or score > best[1] or
@@ -93,9 +96,41 @@ def move_champion(client: Any, name: str, version: str, objective: str) -> str:
     return f"; {CHAMPION!r} stays on version {target}, which scores better on {objective} ({best[1][0]:.4f})"
 
 
+def force_champion(client: Any, name: str, version: str, objective: str) -> str:
+    """Point `champion` at `version` whatever the scores (`search.ensemble --force`); the versions
+    scoring better are tagged superseded, so that later promotions do not move it back to them."""
+    ours = client.get_model_version(name, version)
+    mine = version_score(client, ours, objective)
+    for other in client.search_model_versions(f"name = '{name}'"):
+        theirs = version_score(client, other, objective)
+        if str(other.version) != version and theirs is not None and (mine is None or theirs > mine):
+            client.set_model_version_tag(name, str(other.version), SUPERSEDED, version)
+    before = _alias(client, name)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    was = f" (was version {before.version})" if before is not None and str(before.version) != version else ""
+    return f"; alias {CHAMPION!r} moved to it as --force asks{was}"
+
+
+def _mark_champion(client: Any, experiment_id: str, run_id: str, search_run_id: str | None, promoted: dict[str, Any],
+                   objective: str) -> None:
+    """Only the new champion's run keeps the tag champion=true; the search's run names it and
+    carries its score, so the runs list shows both without opening anything."""
+    earlier = client.search_runs([experiment_id], filter_string=f"tags.{CHAMPION} = 'true'", max_results=1000)
+    for run in earlier:
+        if run.info.run_id != run_id:
+            client.set_tag(run.info.run_id, CHAMPION, "replaced")
+    if search_run_id is None:
+        return
+    client.set_tag(search_run_id, "champion_run_id", run_id)
+    for key in (objective, f"held_out_{objective}"):
+        if isinstance(promoted.get(key), float):
+            client.log_metric(search_run_id, f"champion_{key}", promoted[key])
+
+
 def log_promotion(*, space: str, runs_dir: Path, model: Any, summary: dict[str, Any], metrics: dict[str, float],
-                  score: Score) -> str:
-    """Log the promoted model as a run, register it and move `champion` if it is the best; say what happened."""
+                  score: Score, force: bool = False) -> str:
+    """Log the promoted model as a run, register it and move `champion` if it is the best (to it
+    whatever the scores when `force`); say what happened."""
     config = load_config()
     if not config.enabled:
         return "MLflow: tracking is disabled in mlflow.yaml; nothing logged."
@@ -113,9 +148,13 @@ def log_promotion(*, space: str, runs_dir: Path, model: Any, summary: dict[str, 
             **clients.liveness(workers.this_worker())}
     search_run = clients.search_run(RunsDir(runs_dir).space(space))
     if search_run is not None and search_run[0] == uri:
-        tags["mlflow.parentRunId"] = search_run[1]  # nested under the search's run when it is in this store
-    run = client.create_run(clients.experiment_id(client, experiment, uri, config.artifact_location),
-                            run_name=f"promoted: {promoted['method']}", tags=tags)
+        # A row of its own in the runs list (nested, it would hide in the search's collapsed row).
+        tags["search_run_id"] = search_run[1]
+    experiment_id = clients.experiment_id(client, experiment, uri, config.artifact_location)
+    members = " + ".join(m if w == 1 else f"{m} x{w}" for m, w in zip(promoted["members"], promoted["weights"]))
+    tags[CHAMPION] = "true"  # the runs list finds it: tags.champion = 'true'
+    run = client.create_run(experiment_id, run_name=f"champion: {promoted['method'].replace('_', ' ')} {members}"[:250],
+                            tags=tags)
     run_id = run.info.run_id
     try:
         faults.point("promotion-logging")
@@ -132,6 +171,8 @@ def log_promotion(*, space: str, runs_dir: Path, model: Any, summary: dict[str, 
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
+    _mark_champion(client, experiment_id, run_id, search_run[1] if search_run and search_run[0] == uri else None,
+                   promoted, objective)
     message = f"MLflow: run {run_id} in experiment {experiment!r} ({redact(uri)})"
     if not name:
         return message + "; no registered_model_name in mlflow.yaml, so nothing registered."
@@ -141,7 +182,10 @@ def log_promotion(*, space: str, runs_dir: Path, model: Any, summary: dict[str, 
         "val_accuracy": repr(promoted["val_accuracy"]), "val_log_loss": repr(promoted["val_log_loss"]),
         "method": promoted["method"], "members": ",".join(promoted["members"]),
         "weights": ",".join(str(w) for w in promoted["weights"]), "refit": str(summary["refit"]),
+        **{key: repr(value) for key, value in promoted.items() if key.startswith("held_out_val_")},
+        **({"sha256": promoted["sha256"]} if "sha256" in promoted else {}),
     }
     for key, value in version_tags.items():
         client.set_model_version_tag(name, version, key, value)
-    return message + f"; registered {name!r} version {version}" + move_champion(client, name, version, objective) + "."
+    moved = force_champion(client, name, version, objective) if force else move_champion(client, name, version, objective)
+    return message + f"; registered {name!r} version {version}" + moved + "."

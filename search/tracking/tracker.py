@@ -36,6 +36,7 @@ import numpy as np
 
 from search.engine.algorithms import uses_optuna
 from search.hparams import TrialConfig
+from search.models.applicable import applicable
 from search.engine.hooks import COMPLETED, FAILED, KILLED, OWN_MODEL, PRUNED, SearchHooks, SearchInfo, TrialInfo, TrialResult
 from search.models.schedules import learning_rate_schedule
 from search.redaction import redact
@@ -155,7 +156,9 @@ class MlflowTracker(SearchHooks):
                 self.client.update_run(found[1], status="RUNNING")
                 return found[1]
         # Tagged with this process as it is created: killed at once, it is still found dead.
-        return self.client.create_run(self.experiment_id, run_name=search.name,
+        # Named so that two searches of one space tell apart in the runs list: algorithm and runs folder.
+        name = f"{search.name} search ({search.settings.get('algorithm', '?')}, {Path(search.space_dir).parent})"
+        return self.client.create_run(self.experiment_id, run_name=name[:250],
                                       tags=clients.liveness(self.worker)).info.run_id
 
     def _kill(self, run_id: str) -> None:
@@ -265,9 +268,8 @@ class MlflowTracker(SearchHooks):
         study = _study(search)
         if study:
             tags["study"] = str(study)
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number:03d}-{trial.trial_id}",
-                                     tags=tags)
-        values = {**trial.config.as_dict(), **trial.values, "epochs": trial.epochs}
+        run = self.client.create_run(self.experiment_id, run_name=_run_name(search, trial), tags=tags)
+        values = {**applicable(trial.config.as_dict(), trial.model, trial.values), "epochs": trial.epochs}
         if trial.initial_epoch:
             values["initial_epoch"] = trial.initial_epoch
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in values.items()])
@@ -373,6 +375,8 @@ class MlflowTracker(SearchHooks):
         return drawn
 
     def _log_best_so_far(self, search: SearchInfo, trial: TrialInfo) -> None:
+        # The search's row in the runs list compares searches: its trial count beside its best score.
+        self.client.log_metric(self.parent_id, "trials_finished", float(len(self._ended)), step=trial.number)
         try:
             best = json.loads(SpaceDir(search.space_dir).best_record.read_text())
         except (OSError, ValueError):
@@ -410,3 +414,11 @@ def _study(search: SearchInfo) -> str | None:
     study = search.settings.get("options", {}).get("study") or (
         search.name if uses_optuna(str(search.settings.get("algorithm"))) else None)
     return str(study) if study else None
+
+
+def _run_name(search: SearchInfo, trial: TrialInfo) -> str:
+    """A trial run's name in the MLflow UI: its number, model and the values it tried (those not
+    fixed with --set), e.g. "trial 003 MobileNetV2 learning_rate=0.001 dropout=0.2"."""
+    values = " ".join(f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in trial.values.items()
+                      if k not in search.overrides and not k.startswith("tuner/"))
+    return f"trial {trial.number:03d} {trial.model} {values}".strip()[:250]

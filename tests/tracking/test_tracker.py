@@ -165,13 +165,14 @@ def test_statuses_killed_failed_pruned_and_stale_runs(begun):
 
     parents, trials = runs_of(client)
     assert [p.info.status for p in parents] == ["KILLED"]
-    got = {t.info.run_name: (t.info.status, t.data.tags["status"]) for t in trials}
+    got = {t.data.tags["trial_id"]: (t.info.status, t.data.tags["status"]) for t in trials}
     assert got == {
-        "trial-001-00": ("FINISHED", COMPLETED), "trial-002-01": ("FAILED", FAILED),
-        "trial-003-02": ("FINISHED", PRUNED), "trial-004-03": ("KILLED", KILLED),
-        "trial-005-04": ("KILLED", KILLED), "trial-006-05": ("KILLED", KILLED),
+        "00": ("FINISHED", COMPLETED), "01": ("FAILED", FAILED),
+        "02": ("FINISHED", PRUNED), "03": ("KILLED", KILLED),
+        "04": ("KILLED", KILLED), "05": ("KILLED", KILLED),
     }
-    failed = next(t for t in trials if t.info.run_name == "trial-002-01")
+    assert all(t.info.run_name.startswith(f"trial {int(t.data.tags['trial_number']):03d} ") for t in trials)
+    failed = next(t for t in trials if t.data.tags["trial_id"] == "01")
     assert failed.data.tags["error"] == "failed on purpose"
     assert len(client.get_metric_history(failed.info.run_id, "loss")) == 2
 
