@@ -7,7 +7,7 @@
 - `algorithms`: the algorithm vocabulary; `oracles`: Keras Tuner's; `optuna_oracle`: Optuna's.
 - `heartbeat`: a separate process that keeps a worker's trials alive in a shared study.
 - `claims`: one winner among many workers (the promotion of a shared study).
-- `hooks`: what a search tells observers; `progress`: the console lines.
+- `progress`: the console lines (the hooks it implements live in `search.core.hooks`).
 - `validation`: one validation pass per epoch with the probabilities ensembles need.
 - `memory`: giving a trial's memory back; `strategy`: TPU, GPUs or CPU.
 """

@@ -39,7 +39,8 @@ from search.declare import Search
 from search.engine import interrupts
 from search.engine.claims import Claims
 from search.engine.heartbeat import Heartbeat
-from search.engine.hooks import PRUNED, TrialResult
+from search.core.hooks import TrialResult
+from search.core.status import PRUNED
 from search.errors import SearchError
 from search.redaction import redact
 from search.runs import faults, workers

@@ -24,7 +24,8 @@ from search.data.dataset import ImageData, open_data
 from search.engine import interrupts, oracles, strategy as strategies
 from search.engine.algorithms import uses_optuna
 from search.engine.budget import Budget, BudgetSpent, parse
-from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED, STOPPED, HookList, SearchHooks, SearchInfo
+from search.core.hooks import HookList, SearchHooks, SearchInfo
+from search.core.status import COMPLETED, FAILED, KILLED, PRUNED, STOPPED
 from search.engine.progress import ConsoleProgress
 from search.engine.tuner import Recycle, SpaceTuner
 from search.errors import SearchError

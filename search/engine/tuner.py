@@ -33,7 +33,8 @@ from search import compat, metrics
 from search.data.dataset import ImageData
 from search.engine import interrupts, trial as training
 from search.engine.budget import Budget, BudgetSpent
-from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED, HookList, SearchInfo, TrialInfo, TrialResult
+from search.core.hooks import HookList, SearchInfo, TrialInfo, TrialResult
+from search.core.status import COMPLETED, FAILED, KILLED, PRUNED
 from search.engine.memory import TrialMemory
 from search.errors import SearchError
 from search.models import build

@@ -17,7 +17,8 @@ from typing import Any
 import pandas as pd
 
 from search import metrics
-from search.engine.hooks import COMPLETED, TrialInfo, TrialResult
+from search.core.hooks import TrialInfo, TrialResult
+from search.core.status import COMPLETED
 from search.runs import atomic, workers
 from search.runs.layout import SpaceDir, TrialDir
 from search.runs.locks import FolderLock

@@ -16,7 +16,8 @@ from conftest import TINY
 
 from search.declare import Search
 from search.engine import optuna_oracle
-from search.engine.hooks import COMPLETED, PRUNED, TrialResult
+from search.core.hooks import TrialResult
+from search.core.status import COMPLETED, PRUNED
 from search.engine.optuna_oracle import OptunaOracle, suggest
 from search.engine.runner import run_search
 from search.results.pareto import front_table

@@ -16,7 +16,7 @@ from conftest import DIGITS, TINY, cli
 
 from search import run
 from search.engine import runner
-from search.engine.hooks import COMPLETED, FAILED, KILLED
+from search.core.status import COMPLETED, FAILED, KILLED
 from search.errors import SearchError
 from search.models import build
 from search.runs.layout import SpaceDir
