@@ -73,6 +73,9 @@ class TrialResult:
     error: str | None = None
     note: str | None = None  # e.g. "stopped at the time budget"
 
+    def __post_init__(self) -> None:
+        self.status = TrialStatus(self.status)  # a record's word, or a typo, fails here
+
     @property
     def seconds_per_epoch(self) -> float | None:
         return self.seconds / self.epochs_run if self.epochs_run else None

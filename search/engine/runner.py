@@ -281,7 +281,8 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
     storage = getattr(tuner.oracle, "storage", None) if uses_optuna(search.algorithm) else None
 
     restore_signals = interrupts.install()
-    status, message = COMPLETED, ""
+    status: str = COMPLETED
+    message = ""
     # What is alive now (TensorFlow, Keras, the data) lives through the whole search: frozen,
     # the full collection after each trial (in clear_session) skips it.
     gc.collect()

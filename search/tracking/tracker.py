@@ -311,7 +311,7 @@ class MlflowTracker(SearchHooks):
         summary.update(params=result.params, size_mb=result.size_mb, seconds_per_epoch=result.seconds_per_epoch,
                        images_per_second=result.images_per_second, epochs_run=result.epochs_run,
                        train_seconds=result.seconds)
-        tags = {"status": result.status}
+        tags: dict[str, str] = {"status": result.status.csv}
         if result.error:
             tags["error"] = result.error
         digest = labels_digest(SpaceDir(search.space_dir).val_labels)
