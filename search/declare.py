@@ -18,7 +18,8 @@ from typing import Any
 
 from search import metrics
 from search.engine import budget
-from search.engine.algorithms import ALGORITHMS
+from search.core.options import optuna_options
+from search.engine.algorithms import ALGORITHMS, uses_optuna
 from search.errors import SpaceError, did_you_mean
 
 LAYOUTS = ("auto", "split_folders", "folders", "tfrecord")
@@ -127,5 +128,9 @@ class Search:
         metrics.check_objective(self.objective)
         metrics.check_cost(self.minimize)
         budget.parse(self.time_budget)
+        if not isinstance(self.options, dict):
+            raise SpaceError(f"Search(options={self.options!r}) must be a dict, e.g. options={{'factor': 3}}.")
+        if uses_optuna(self.algorithm):
+            optuna_options(self.options)  # its settings and pruner; the sampler's arguments when it is built
         if not isinstance(self.tensorboard, bool):
             raise SpaceError(f"Search(tensorboard={self.tensorboard!r}) must be True or False.")

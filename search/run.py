@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers is not None:
             from search.engine.launcher import launch
 
-            return launch(sys.argv[1:] if argv is None else list(argv), args.workers)
+            return launch(sys.argv[1:] if argv is None else list(argv), args)
         from search.space import load_space
 
         space = load_space(

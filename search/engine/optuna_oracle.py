@@ -18,6 +18,7 @@ again. Workers stay until the study's last trial ends, so no trial is left behin
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import random
@@ -35,6 +36,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from search import compat
+from search.core.options import OptunaOptions, check_keys, optuna_options
 from search.declare import Search
 from search.engine import interrupts
 from search.engine.claims import Claims
@@ -46,7 +48,6 @@ from search.redaction import redact
 from search.runs import faults, workers
 from search.runs.layout import SpaceDir
 
-PRUNERS = ("median", "hyperband", "successive_halving", "none")
 TrialStatus = kt.engine.trial.TrialStatus
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # TPE's `group` (conditional spaces) and the RDB heartbeat are marked experimental; saying so
@@ -80,6 +81,31 @@ DRIVERS = {
 }
 
 
+SAMPLERS = {"tpe": "TPESampler", "cmaes": "CmaEsSampler", "gp": "GPSampler", "nsga2": "NSGAIISampler"}
+_PRUNER_CLASSES = {"median": "MedianPruner", "hyperband": "HyperbandPruner",
+                   "successive_halving": "SuccessiveHalvingPruner", "none": "NopPruner"}
+
+
+def _keywords(cls: type, *set_here: str) -> list[str]:
+    return [n for n, p in inspect.signature(cls).parameters.items()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in set_here]
+
+
+def typed_options(search: Search) -> OptunaOptions:
+    """`search.options` typed and checked: a key neither a setting nor the sampler's, or the
+    pruner's, is a one-line error naming it and the close match."""
+    if search.algorithm not in SAMPLERS:
+        raise SearchError(f"algorithm {search.algorithm!r} is not an Optuna algorithm; use {', '.join(SAMPLERS)}.")
+    sampler = getattr(optuna.samplers, SAMPLERS[search.algorithm])
+    typed = optuna_options(search.options, _keywords(sampler, "seed", "warn_independent_sampling"),
+                           f"the {search.algorithm} algorithm (Optuna's {sampler.__name__})")
+    pruner = getattr(optuna.pruners, _PRUNER_CLASSES[typed.pruner])
+    check_keys(typed.pruner_options, _keywords(pruner, "max_resource" if typed.pruner == "hyperband" else ""),
+               f"the {typed.pruner} pruner (Optuna's {pruner.__name__})",
+               where="Search(options={{'pruner_options': {{{key!r}: ...}}}})")
+    return typed
+
+
 def make_sampler(algorithm: str, seed: int, max_trials: int, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
     if algorithm == "tpe":
         options = {"n_startup_trials": max(3, min(10, max_trials // 3)), "multivariate": True, "group": True,
@@ -104,7 +130,7 @@ def make_sampler(algorithm: str, seed: int, max_trials: int, options: dict[str, 
     if algorithm == "nsga2":
         options = {"population_size": max(4, min(50, max_trials // 3)), **options}
         return optuna.samplers.NSGAIISampler(seed=seed, **options)
-    raise SearchError(f"algorithm {algorithm!r} is not an Optuna algorithm; use tpe, cmaes, gp or nsga2.")
+    raise SearchError(f"algorithm {algorithm!r} is not an Optuna algorithm; use {', '.join(SAMPLERS)}.")
 
 
 def make_pruner(name: str, epochs: int, options: dict[str, Any]) -> optuna.pruners.BasePruner:
@@ -115,9 +141,7 @@ def make_pruner(name: str, epochs: int, options: dict[str, Any]) -> optuna.prune
         return optuna.pruners.HyperbandPruner(**{"min_resource": 1, "max_resource": epochs, **options})
     if name == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(**{"min_resource": 1, **options})
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise SearchError(f"Search(options={{'pruner': {name!r}}}) is not a pruner; use one of {', '.join(PRUNERS)}.")
+    return optuna.pruners.NopPruner()
 
 
 def suggest(trial: optuna.Trial, space: kt.HyperParameters) -> dict[str, Any]:
@@ -254,23 +278,21 @@ class OptunaOracle(kt.Oracle):
 
     def __init__(self, search: Search, seed: int, **common: Any):
         super().__init__(max_trials=search.max_trials, seed=seed, **common)
-        options = dict(search.options)
-        self.storage_url: str | None = options.pop("storage", None)
-        self.study_name: str | None = options.pop("study", None)
-        self.heartbeat_interval = float(options.pop("heartbeat_interval", 30))
-        self.grace_period = float(options.pop("grace_period", 4 * self.heartbeat_interval))
-        pruner = options.pop("pruner", "median")
-        pruner_options = dict(options.pop("pruner_options", {}))
-        self.search, self.base_seed, self.sampler_options = search, seed, options
+        options = typed_options(search)
+        self.storage_url: str | None = options.storage
+        self.study_name: str | None = options.study
+        self.heartbeat_interval = float(options.heartbeat_interval)
+        self.grace_period = options.grace
+        self.search, self.base_seed, self.sampler_options = search, seed, options.sampler
         self.metric = search.objective
         self.multi = search.minimize is not None
         from search import metrics
 
         first = "minimize" if metrics.direction(self.metric) == "min" else "maximize"
         self.directions = [first] + (["minimize"] if self.multi else [])
-        make_sampler(search.algorithm, seed, search.max_trials, options)  # fail on a bad setting now
+        make_sampler(search.algorithm, seed, search.max_trials, options.sampler)  # fail on a bad value now
         # Optuna prunes single-objective studies only.
-        self.pruner = make_pruner("none" if self.multi else pruner, search.epochs, pruner_options)
+        self.pruner = make_pruner("none" if self.multi else options.pruner, search.epochs, options.pruner_options)
         self.worker = workers.this_worker()
         self._study: optuna.Study | None = None
         self.folder: SpaceDir | None = None

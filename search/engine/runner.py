@@ -25,9 +25,9 @@ from search.engine import interrupts, oracles, strategy as strategies
 from search.engine.algorithms import uses_optuna
 from search.engine.budget import Budget, BudgetSpent, parse
 from search.core.hooks import HookList, SearchHooks, SearchInfo
-from search.core.status import COMPLETED, FAILED, KILLED, PRUNED, STOPPED
+from search.core.status import COMPLETED, ENDED, FAILED, KILLED, PRUNED, STOPPED
 from search.engine.progress import ConsoleProgress
-from search.engine.tuner import Recycle, SpaceTuner
+from search.engine.tuner import DamagedState, Recycle, SpaceTuner
 from search.errors import SearchError
 from search.redaction import redact, redact_all
 from search.results import records
@@ -174,36 +174,45 @@ def _common_error(errors: list[str]) -> str:
 
 def _open_tuner(space: Space, data: ImageData, info: SearchInfo, hooks: HookList, strategy: Any, *, verbose: int,
                 trials_per_process: int | None, budget: Budget | None) -> SpaceTuner:
-    """The tuner, its Keras Tuner state reloaded; rebuilt from the trial records when that state is damaged."""
+    """The tuner, its Keras Tuner state reloaded; rebuilt from the trial records when that state
+    cannot be read. A mistake of the user's (an option, the space) is raised as it is: only an
+    error reading tuner/ moves it aside."""
     def make() -> SpaceTuner:
         return SpaceTuner(space, data, info, hooks, strategy, oracles.make_oracle(space.search, space.search.seed),
                           verbose=verbose, trials_per_process=trials_per_process, budget=budget)
 
+    folder = SpaceDir(info.space_dir)
     try:
-        return make()
-    except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        folder = SpaceDir(info.space_dir)
-        if uses_optuna(space.search.algorithm) or not folder.tuner.is_dir():
-            raise
+        tuner = make()
+    except DamagedState as e:
+        if uses_optuna(space.search.algorithm):
+            raise e.__cause__ or e from None
         aside = folder.path / f"tuner.damaged-{datetime.datetime.now():%Y%m%d-%H%M%S}"
         folder.tuner.rename(aside)
         tuner = make()
         replayed = _replay(tuner, folder)
-        print(f"warning: Keras Tuner's state in {folder.tuner} could not be read ({type(e).__name__}); rebuilt it "
+        print(f"warning: Keras Tuner's state in {folder.tuner} could not be read ({e}); rebuilt it "
               f"from {replayed} trial record(s) (the damaged copy is in {aside}).", file=sys.stderr, flush=True)
         return tuner
+    if not uses_optuna(space.search.algorithm):
+        replayed = _replay(tuner, folder)
+        if replayed:  # tuner/ lost (deleted, or an older crash) while trials/ kept their records
+            print(f"warning: Keras Tuner's state in {folder.tuner} did not know {replayed} recorded trial(s); "
+                  "they were given to it from their records and are not run again.", file=sys.stderr, flush=True)
+    return tuner
 
 
 def _replay(tuner: SpaceTuner, folder: SpaceDir) -> int:
-    """Give a fresh Keras Tuner oracle the trials recorded in trials/, so none runs again."""
+    """Give the Keras Tuner oracle the trials recorded in trials/ that it does not know, so none runs again."""
     import keras_tuner as kt
 
     oracle = tuner.oracle
-    oracle.verbose = 0  # its display would print each replayed trial's end, with no start to time it from
+    known = set(oracle.trials)
+    verbose, oracle.verbose = oracle.verbose, 0  # its display would print each replayed trial's end
     count = 0
     for record in records.load_records(folder):
         status = record["status"]
-        if status not in (COMPLETED, PRUNED, FAILED):
+        if status not in ENDED or record["trial_id"] in known:
             continue
         hyperparameters = oracle.hyperparameters.copy()
         hyperparameters.values = dict(record.get("values") or {})
@@ -220,7 +229,9 @@ def _replay(tuner: SpaceTuner, folder: SpaceDir) -> int:
         except RuntimeError:
             pass  # consecutive failures among the replayed ones
         count += 1
-    tuner.save()
+    oracle.verbose = verbose
+    if count:
+        tuner.save()
     return count
 
 
@@ -233,6 +244,7 @@ def run_search(space: Space, *, runs_dir: Path = Path("runs"), fresh: bool = Fal
     the caller to resume in a fresh process (the command line does).
     """
     search = space.search
+    oracles.check_options(search)  # a mistyped option is a mistake: one line, before anything is written
     seconds = parse(search.time_budget)
     budget = Budget(seconds) if seconds else None  # from now: opening the data counts
     data = open_data(space.data, runs_dir=runs_dir, seed=search.seed)

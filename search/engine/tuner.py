@@ -52,6 +52,10 @@ class Recycle(Exception):
     """This process ran its `trials_per_process`: the search goes on in a fresh one."""
 
 
+class DamagedState(Exception):
+    """Keras Tuner's state files (tuner/) could not be read back; the cause is the reader's error."""
+
+
 class _SpaceHyperModel(kt.HyperModel):
     """Declares the space's hyperparameters; models are built in `SpaceTuner.run_trial`.
 
@@ -143,6 +147,14 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             project_name=getattr(oracle, "tuner_project", "tuner"),  # Optuna: one per worker process
             overwrite=False,
         )
+
+    def reload(self) -> None:
+        """Keras Tuner's state read back; whatever reading it raises (a torn JSON file, a
+        KeyError of its own, keras-tuner#1055) is DamagedState, told apart from a user's mistake."""
+        try:
+            super().reload()
+        except Exception as e:  # noqa: BLE001 - every way its files can fail to read
+            raise DamagedState(f"{type(e).__name__}: {e}") from e
 
     # Where things are ------------------------------------------------------------------
     def trial_dir(self, trial_id: str) -> Path:
@@ -256,8 +268,7 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         with FolderLock(self.folder.table_lock, doing="updating best.keras and trials.csv", wait=120):
             if result.status == COMPLETED:
                 self._keep_best_model(info, result)
-            table = records.trials_table(records.load_records(self.folder))
-            atomic.write_with(self.folder.trials_csv, lambda tmp: table.to_csv(tmp, index=False))
+            records.write_trials_csv(self.folder, locked=True)
         self.hooks.on_trial_end(self.info, info, result)
 
     def _trial_info(self, trial: kt.engine.trial.Trial) -> TrialInfo:

@@ -109,6 +109,35 @@ def load_records(space_dir: Path | SpaceDir) -> list[dict[str, Any]]:
     return [r for r in (read_record(t) for t in folder.trial_dirs()) if r is not None]
 
 
+def _damaged(folder: SpaceDir) -> list[str]:
+    """The trials whose record is there but cannot be read."""
+    return [t.path.name for t in folder.trial_dirs() if t.record.is_file() and read_record(t) is None]
+
+
+def _rows_kept(folder: SpaceDir, trial_ids: list[str]) -> pd.DataFrame:
+    """Those trials' rows of the trials.csv on disk (none when it cannot be read either)."""
+    if not trial_ids:
+        return pd.DataFrame()
+    try:
+        before = pd.read_csv(folder.trials_csv, dtype={"trial_id": str})
+    except (OSError, ValueError, pd.errors.ParserError):
+        return pd.DataFrame()
+    return before[before["trial_id"].isin(trial_ids)] if "trial_id" in before else pd.DataFrame()
+
+
+def folder_table(space_dir: Path | SpaceDir) -> pd.DataFrame:
+    """trials.csv as it is rebuilt: a row per readable record, and for a record that cannot be
+    read (torn, emptied) the row trials.csv already had, so a damaged file costs no trial its row."""
+    folder = space_dir if isinstance(space_dir, SpaceDir) else SpaceDir(Path(space_dir))
+    table = trials_table(load_records(folder))
+    kept = _rows_kept(folder, _damaged(folder))
+    if kept.empty:
+        return table
+    table = pd.concat([table, kept], ignore_index=True) if not table.empty else kept.reset_index(drop=True)
+    order = sorted(table["trial_id"], key=lambda t: (len(t), t))
+    return table.set_index("trial_id").loc[order].reset_index()
+
+
 def trials_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per trial: id, status, every hyperparameter, best metrics, cost and size."""
     rows = []
@@ -128,16 +157,19 @@ def trials_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         if "worker" in r:
             row["worker"] = r["worker"]
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["trial_id", "status"])
 
 
-def write_trials_csv(space_dir: Path | SpaceDir, records: list[dict[str, Any]] | None = None) -> pd.DataFrame:
-    """Rebuild trials.csv from the records, under the folder's table lock (workers share it)."""
+def write_trials_csv(space_dir: Path | SpaceDir, *, locked: bool = False) -> pd.DataFrame:
+    """Rebuild trials.csv from the records (`folder_table`), under the folder's table lock
+    (workers share it) unless the caller holds it."""
     folder = space_dir if isinstance(space_dir, SpaceDir) else SpaceDir(Path(space_dir))
-    with FolderLock(folder.table_lock, doing="rewriting trials.csv", wait=120):
-        table = trials_table(load_records(folder) if records is None else records)
+    if locked:
+        table = folder_table(folder)
         atomic.write_with(folder.trials_csv, lambda tmp: table.to_csv(tmp, index=False))
-    return table
+        return table
+    with FolderLock(folder.table_lock, doing="rewriting trials.csv", wait=120):
+        return write_trials_csv(folder, locked=True)
 
 
 def leaderboard(table: pd.DataFrame, objective: str, *, top: int = 5) -> pd.DataFrame:
