@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from search.core.values import lossless
 from search.data.augment import POLICIES
 from search.errors import SpaceError, did_you_mean
 from search.models.backbones import BACKBONES, WEIGHTS
@@ -80,13 +81,7 @@ def coerce(name: str, value: Any) -> Any:
     """`value` as the type `name` takes, when that loses nothing (64.0 -> 64 for an integer,
     3 -> 3.0 for a float); otherwise unchanged, for `check_value` to refuse."""
     kind = _TYPES.get(name)
-    if isinstance(value, bool) or kind is None:
-        return value
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if kind is float and isinstance(value, int):
-        return float(value)
-    return value
+    return value if kind is None else lossless(value, (kind,))
 
 
 def _one_of(options: Mapping[str, Any]) -> Callable[[Any], str | None]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from search.cli import Parser, entry, fail
-from search.engine.algorithms import ALGORITHMS, OPTUNA_ALGORITHMS, uses_optuna
+from search.core.algorithms import ALGORITHMS, OPTUNA_ALGORITHMS, uses_optuna
 from search.errors import SearchError
 from search.redaction import redact
 

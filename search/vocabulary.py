@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from search import metrics
+from search.core.options import PRUNERS
 from search.data.augment import POLICIES
-from search.engine.algorithms import ALGORITHMS
+from search.core.algorithms import ALGORITHMS
 from search.hparams import DEFAULTS, FINE_TUNE_MODES, POOLINGS
 from search.models.backbones import BACKBONES, PREPROCESSING, WEIGHTS
 from search.models.optimizers import OPTIMIZERS
@@ -73,6 +74,7 @@ def words() -> str:
         ("objective", {k: f"{m.description}; {'higher' if m.direction == 'max' else 'lower'} is better"
                        for k, m in metrics.METRICS.items()}),
         ("minimize", dict(metrics.COSTS)),
+        ("pruner", {k: f"{v}; Optuna's: `options={{'pruner': '{k}'}}`" for k, v in PRUNERS.items()}),
     ]
     return _table(("setting", "value", "meaning"),
                   ((f"`{setting}`", f"`{value}`", meaning) for setting, values in sections

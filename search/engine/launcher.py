@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from search.engine.algorithms import ALGORITHMS, OPTUNA_ALGORITHMS, uses_optuna
+from search.core.algorithms import ALGORITHMS, OPTUNA_ALGORITHMS, uses_optuna
 from search.errors import SearchError
 
 def without_workers(argv: Sequence[str]) -> list[str]:

@@ -10,7 +10,7 @@ import keras_tuner as kt
 from search import compat, metrics
 from search.core.options import check_keys
 from search.declare import Search
-from search.engine.algorithms import ALGORITHMS, uses_optuna
+from search.core.algorithms import ALGORITHMS, uses_optuna
 
 MAX_CONSECUTIVE_FAILURES = 3
 _CLASSES = {
@@ -48,23 +48,28 @@ def check_options(search: Search) -> None:
     check_keys(search.options, known, f"the {search.algorithm} algorithm (Keras Tuner's {oracle.__name__})")
 
 
-def make_oracle(search: Search, seed: int) -> kt.Oracle:
-    """The oracle for `search.algorithm`."""
+def common(search: Search) -> dict[str, Any]:
+    """What every oracle of a search is given: its objective, and failures never retried."""
     compat.patch_keras_tuner()  # its oracles go through the patched HyperParameters
-    common: dict[str, Any] = {
+    return {
         "objective": objective(search),
         "max_retries_per_trial": 0,
         "max_consecutive_failed_trials": MAX_CONSECUTIVE_FAILURES,
     }
+
+
+def make_oracle(search: Search, seed: int) -> kt.Oracle:
+    """The oracle for `search.algorithm`."""
+    settings = common(search)
     if uses_optuna(search.algorithm):
         from search.engine import optuna_oracle  # Optuna loads only for its algorithms
 
-        return optuna_oracle.OptunaOracle(search, seed, **common)  # Optuna's samplers take seed 0 as it is
-    common["seed"] = keras_tuner_seed(seed)
+        return optuna_oracle.OptunaOracle(search, seed, **settings)  # Optuna's samplers take seed 0 as it is
+    settings["seed"] = keras_tuner_seed(seed)
     check_options(search)
     options = dict(search.options)
     if search.algorithm == "hyperband":
         options.setdefault("factor", 3)
-        return kt.oracles.HyperbandOracle(max_epochs=search.epochs, **common, **options)
+        return kt.oracles.HyperbandOracle(max_epochs=search.epochs, **settings, **options)
     assert search.algorithm in ALGORITHMS  # Search checked it
-    return _CLASSES[search.algorithm](max_trials=search.max_trials, **common, **options)
+    return _CLASSES[search.algorithm](max_trials=search.max_trials, **settings, **options)

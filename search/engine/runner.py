@@ -22,11 +22,12 @@ import pandas as pd
 
 from search.data.dataset import ImageData, open_data
 from search.engine import interrupts, oracles, strategy as strategies
-from search.engine.algorithms import uses_optuna
 from search.engine.budget import Budget, BudgetSpent, parse
 from search.core.hooks import HookList, SearchHooks, SearchInfo
-from search.core.status import COMPLETED, ENDED, FAILED, KILLED, PRUNED, STOPPED
+from search.core.status import COMPLETED, FAILED, KILLED, PRUNED, STOPPED
 from search.engine.progress import ConsoleProgress
+from search.engine.factory import make_source, shares_folder, study_name
+from search.engine.source import TooManyFailures
 from search.engine.tuner import DamagedState, Recycle, SpaceTuner
 from search.errors import SearchError
 from search.redaction import redact, redact_all
@@ -66,9 +67,7 @@ def recorded_settings(search: Any) -> dict[str, Any]:
 
 
 def _study_name(space: Space) -> str | None:
-    if not uses_optuna(space.search.algorithm):
-        return None
-    return str(space.search.options.get("study") or space.name)
+    return study_name(space.search, space.name)
 
 
 def check_resume(space: Space, folder: SpaceDir, fingerprint: dict[str, Any]) -> None:
@@ -150,7 +149,7 @@ def _write_skipped(data: ImageData, folder: SpaceDir) -> None:
 
 def _lock(space: Space, folder: SpaceDir, fresh: bool) -> FolderLock:
     """Keras Tuner searches own their runs folder; Optuna workers of one study share it."""
-    shared = uses_optuna(space.search.algorithm) and not fresh
+    shared = shares_folder(space.search) and not fresh
     lock = FolderLock(folder.search_lock, doing=f"search.run {space.path} ({space.search.algorithm})", shared=shared)
     try:
         return lock.acquire()
@@ -174,65 +173,31 @@ def _common_error(errors: list[str]) -> str:
 
 def _open_tuner(space: Space, data: ImageData, info: SearchInfo, hooks: HookList, strategy: Any, *, verbose: int,
                 trials_per_process: int | None, budget: Budget | None) -> SpaceTuner:
-    """The tuner, its Keras Tuner state reloaded; rebuilt from the trial records when that state
+    """The loop, its source's state reloaded; rebuilt from the trial records when that state
     cannot be read. A mistake of the user's (an option, the space) is raised as it is: only an
-    error reading tuner/ moves it aside."""
+    error reading the state moves it aside. Whenever trials/ holds records the source does not
+    know, it is given them, so no recorded trial runs again."""
     def make() -> SpaceTuner:
-        return SpaceTuner(space, data, info, hooks, strategy, oracles.make_oracle(space.search, space.search.seed),
+        return SpaceTuner(space, data, info, hooks, strategy, make_source(space.search, space.search.seed),
                           verbose=verbose, trials_per_process=trials_per_process, budget=budget)
 
     folder = SpaceDir(info.space_dir)
     try:
         tuner = make()
     except DamagedState as e:
-        if uses_optuna(space.search.algorithm):
-            raise e.__cause__ or e from None
-        aside = folder.path / f"tuner.damaged-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-        folder.tuner.rename(aside)
+        state = folder.path / make_source(space.search, space.search.seed).project
+        aside = state.with_name(f"{state.name}.damaged-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        state.rename(aside)
         tuner = make()
-        replayed = _replay(tuner, folder)
-        print(f"warning: Keras Tuner's state in {folder.tuner} could not be read ({e}); rebuilt it "
+        replayed = tuner.restore()
+        print(f"warning: Keras Tuner's state in {state} could not be read ({e}); rebuilt it "
               f"from {replayed} trial record(s) (the damaged copy is in {aside}).", file=sys.stderr, flush=True)
         return tuner
-    if not uses_optuna(space.search.algorithm):
-        replayed = _replay(tuner, folder)
-        if replayed:  # tuner/ lost (deleted, or an older crash) while trials/ kept their records
-            print(f"warning: Keras Tuner's state in {folder.tuner} did not know {replayed} recorded trial(s); "
-                  "they were given to it from their records and are not run again.", file=sys.stderr, flush=True)
+    replayed = tuner.restore()
+    if replayed:  # the state lost (deleted, or an older crash) while trials/ kept their records
+        print(f"warning: Keras Tuner's state in {folder.path / tuner.source.project} did not know {replayed} recorded "
+              "trial(s); they were given to it from their records and are not run again.", file=sys.stderr, flush=True)
     return tuner
-
-
-def _replay(tuner: SpaceTuner, folder: SpaceDir) -> int:
-    """Give the Keras Tuner oracle the trials recorded in trials/ that it does not know, so none runs again."""
-    import keras_tuner as kt
-
-    oracle = tuner.oracle
-    known = set(oracle.trials)
-    verbose, oracle.verbose = oracle.verbose, 0  # its display would print each replayed trial's end
-    count = 0
-    for record in records.load_records(folder):
-        status = record["status"]
-        if status not in ENDED or record["trial_id"] in known:
-            continue
-        hyperparameters = oracle.hyperparameters.copy()
-        hyperparameters.values = dict(record.get("values") or {})
-        trial = kt.engine.trial.Trial(hyperparameters, trial_id=record["trial_id"], status=kt.engine.trial.TrialStatus.RUNNING)
-        oracle.trials[trial.trial_id] = trial
-        best = {k: v for k, v in (record.get("best") or {}).items() if v is not None}
-        if status != FAILED and oracle.objective.name in best:
-            oracle.update_trial(trial.trial_id, best)
-            trial.status = kt.engine.trial.TrialStatus.COMPLETED
-        else:
-            trial.status = kt.engine.trial.TrialStatus.FAILED
-        try:
-            oracle.end_trial(trial)
-        except RuntimeError:
-            pass  # consecutive failures among the replayed ones
-        count += 1
-    oracle.verbose = verbose
-    if count:
-        tuner.save()
-    return count
 
 
 def run_search(space: Space, *, runs_dir: Path = Path("runs"), fresh: bool = False, verbose: int = 2,
@@ -290,7 +255,7 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
         print(f"  every skipped file and why: {folder.skipped}")
     tuner = _open_tuner(space, data, info, hook_list, strategy, verbose=verbose,
                         trials_per_process=search.trials_per_process if recycle else None, budget=budget)
-    storage = getattr(tuner.oracle, "storage", None) if uses_optuna(search.algorithm) else None
+    storage = tuner.source.storage
 
     restore_signals = interrupts.install()
     status: str = COMPLETED
@@ -300,31 +265,28 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
     gc.collect()
     gc.freeze()
     try:
-        tuner.search(verbose=0)  # ConsoleProgress replaces Keras Tuner's display
+        tuner.run()
     except Recycle:
         status = RECYCLE
     except BudgetSpent:
         status = STOPPED
     except KeyboardInterrupt:
         status, message = KILLED, "interrupted: re-run the same command to resume where it stopped."
-    except RuntimeError as e:
-        if "consecutive failures" not in str(e):
-            raise
+    except TooManyFailures:
         status = FAILED
-        message = (f"the search stopped: {tuner.oracle.max_consecutive_failed_trials} trials in a row failed, "
+        message = (f"the search stopped: {oracles.MAX_CONSECUTIVE_FAILURES} trials in a row failed, "
                    f"the last with: {tuner.last_error}. Details: {folder.trials}/*/error.txt")
     finally:
         gc.unfreeze()
         restore_signals()
-        if hasattr(tuner.oracle, "stop_heartbeat"):
-            tuner.oracle.stop_heartbeat()
+        tuner.source.close()
     table = records.write_trials_csv(folder)
     outcome = Outcome(status=status, space_dir=folder.path, table=table, message=message, storage=storage,
                       study=_study_name(space))
     if status == RECYCLE:  # the search is not over: its hooks and MLflow run stay open
         hook_list.on_search_pause(info)
         return outcome
-    others = tuner.oracle.completed_count() if hasattr(tuner.oracle, "completed_count") else 0
+    others = tuner.source.completed()
     errors = [str(e) for e in table["error"].dropna()] if "error" in table else []
     if status in (COMPLETED, STOPPED) and outcome.finished == 0 and others and not errors:
         # A worker that joined a shared study when the other workers had run all its trials.

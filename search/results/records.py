@@ -18,6 +18,7 @@ import pandas as pd
 
 from search import metrics
 from search.core.hooks import TrialInfo, TrialResult
+from search.core.record import TrialRecord, from_json, to_json
 from search.core.status import COMPLETED
 from search.runs import atomic, workers
 from search.runs.layout import SpaceDir, TrialDir
@@ -37,29 +38,28 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def trial_record(trial: TrialInfo, result: TrialResult) -> dict[str, Any]:
-    return {
-        "trial_id": trial.trial_id,
-        "number": trial.number,
-        # Which process ran it (host:pid): the workers of one study share a runs folder.
-        "worker": str(workers.this_worker()),
-        "status": result.status,
-        "values": trial.values,
-        "config": trial.config.as_dict(),
-        "model": trial.model,
-        "best": {k: _clean(v) for k, v in result.best.items()},
-        "epochs_run": result.epochs_run,
-        "seconds": round(result.seconds, 2),
-        "seconds_per_epoch": result.seconds_per_epoch,
-        "images_per_second": result.images_per_second,
-        "params": result.params,
-        "size_mb": result.size_mb,
-        "model_path": str(result.model_path) if result.model_path else None,
-        "val_probabilities_path": str(result.val_probabilities_path) if result.val_probabilities_path else None,
-        "error": result.error,
-        "note": result.note,
-        "history": {k: [_clean(x) for x in v] for k, v in result.history.items()},
-    }
+def trial_record(trial: TrialInfo, result: TrialResult) -> TrialRecord:
+    return TrialRecord(
+        trial_id=trial.trial_id,
+        number=trial.number,
+        worker=str(workers.this_worker()),
+        status=result.status,
+        values=trial.values,
+        config=trial.config.as_dict(),
+        model=trial.model,
+        best={k: _clean(v) for k, v in result.best.items()},
+        epochs_run=result.epochs_run,
+        seconds=round(result.seconds, 2),
+        seconds_per_epoch=result.seconds_per_epoch,
+        images_per_second=result.images_per_second,
+        params=result.params,
+        size_mb=result.size_mb,
+        model_path=str(result.model_path) if result.model_path else None,
+        val_probabilities_path=str(result.val_probabilities_path) if result.val_probabilities_path else None,
+        error=result.error,
+        note=result.note,
+        history={k: [_clean(x) for x in v] for k, v in result.history.items()},
+    )
 
 
 def result_of(record: dict[str, Any]) -> TrialResult:
@@ -82,18 +82,22 @@ def model_of(record: dict[str, Any]) -> str:
 
 
 def write_record(trial: TrialInfo, result: TrialResult) -> Path:
-    return atomic.write_json(TrialDir(trial.dir).record, trial_record(trial, result))
+    return atomic.write_json(TrialDir(trial.dir).record, to_json(trial_record(trial, result)))
 
 
 def read_record(trial: TrialDir) -> dict[str, Any] | None:
+    """A trial's record as result.json's keys; None when there is none or it cannot be read."""
+    record = read_trial(trial)
+    return None if record is None else to_json(record)
+
+
+def read_trial(trial: TrialDir) -> TrialRecord | None:
     """A trial's record; None when there is none or it cannot be read (said once per file)."""
     path = trial.record
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
-        if not isinstance(record, dict) or "status" not in record or "trial_id" not in record:
-            raise ValueError("not a trial record")
+        record = from_json(json.loads(path.read_text()))
     except (OSError, ValueError) as e:
         if path not in _warned:
             _warned.add(path)
@@ -154,7 +158,7 @@ def trials_table(records: list[dict[str, Any]]) -> pd.DataFrame:
             "size_mb": r.get("size_mb"),
             "error": r.get("error"),
         })
-        if "worker" in r:
+        if r.get("worker"):
             row["worker"] = r["worker"]
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else ["trial_id", "status"])

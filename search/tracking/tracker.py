@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from search.engine.algorithms import uses_optuna
+from search.core.algorithms import uses_optuna
 from search.hparams import TrialConfig
 from search.core.hooks import OWN_MODEL, SearchHooks, SearchInfo, TrialInfo, TrialResult
 from search.core.status import COMPLETED, FAILED, KILLED, PRUNED, TrialStatus
