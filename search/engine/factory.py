@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from search.declare import Search
 from search.core.algorithms import uses_optuna
+from search.engine import oracles
 from search.engine.kt_source import KerasTunerSource
 from search.engine.source import TrialSource
 
@@ -28,3 +29,14 @@ def make_source(search: Search, seed: int) -> TrialSource:
 
         return OptunaSource(search, seed)
     return KerasTunerSource(search, seed)
+
+
+def check_options(search: Search) -> None:
+    """A one-line SearchError for a key of `search.options` that the algorithm does not take
+    (with the close match), before anything is written or built."""
+    if uses_optuna(search.algorithm):
+        from search.engine.samplers import typed_options
+
+        typed_options(search)
+    else:
+        oracles.check_options(search)

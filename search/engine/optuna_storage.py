@@ -4,7 +4,6 @@ called with retries for the errors a shared storage gives for a moment."""
 from __future__ import annotations
 
 import os
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -86,21 +85,25 @@ def open_storage(url: str | None, space_dir: Path, *, heartbeat_interval: float 
         options = {"engine_kwargs": {"pool_pre_ping": True}, "heartbeat_interval": max(1, round(heartbeat_interval)),
                    "grace_period": max(1, round(grace_period)),
                    "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback()}
-    for attempt in range(_RETRIES + 1):
-        try:
-            return optuna.storages.RDBStorage(url, **options)
-        except ImportError as e:
-            raise (_driver_missing(url, e) or e) from None
-        except sqlalchemy.exc.ArgumentError as e:
-            raise SearchError(f"--storage {redact(url)} is not a database URL SQLAlchemy knows ({e}); e.g. "
-                              "postgresql://user:PASSWORD@host/db, or a journal file path.") from None
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as e:
-            racing = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e) or "locked" in str(e)
-            if not racing or attempt == _RETRIES:
-                first = (str(getattr(e, "orig", e)).strip().splitlines() or [""])[0]
-                raise SearchError(f"cannot open the Optuna storage {redact(url)}: {redact(first)}") from None
-            time.sleep(random.uniform(0.1, 0.5) * (attempt + 1))
-    raise AssertionError("unreachable")
+    def racing(e: BaseException) -> bool:
+        """Workers creating the tables at once: the loser's error passes when retried."""
+        return isinstance(e, sqlalchemy.exc.IntegrityError) or (
+            isinstance(e, (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError))
+            and ("already exists" in str(e) or "locked" in str(e)))
+
+    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(_RETRIES + 1),
+                                 wait=tenacity.wait_incrementing(start=0.3, increment=0.3) + tenacity.wait_random(-0.2, 0.2),
+                                 retry=tenacity.retry_if_exception(racing), reraise=True)
+    try:
+        return retrying(optuna.storages.RDBStorage, url, **options)
+    except ImportError as e:
+        raise (_driver_missing(url, e) or e) from None
+    except sqlalchemy.exc.ArgumentError as e:
+        raise SearchError(f"--storage {redact(url)} is not a database URL SQLAlchemy knows ({e}); e.g. "
+                          "postgresql://user:PASSWORD@host/db, or a journal file path.") from None
+    except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as e:
+        first = (str(getattr(e, "orig", e)).strip().splitlines() or [""])[0]
+        raise SearchError(f"cannot open the Optuna storage {redact(url)}: {redact(first)}") from None
 
 
 def _repair_torn_tail(path: Path) -> None:

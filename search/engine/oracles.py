@@ -10,7 +10,7 @@ import keras_tuner as kt
 from search import compat, metrics
 from search.core.options import check_keys
 from search.declare import Search
-from search.core.algorithms import ALGORITHMS, uses_optuna
+from search.core.algorithms import ALGORITHMS
 
 MAX_CONSECUTIVE_FAILURES = 3
 _CLASSES = {
@@ -36,13 +36,8 @@ def keras_tuner_seed(seed: int) -> int:
 
 
 def check_options(search: Search) -> None:
-    """A one-line SearchError for a key of `search.options` that its algorithm does not take
+    """A one-line SearchError for a key of `search.options` that its oracle does not take
     (with the close match), before anything is written or built."""
-    if uses_optuna(search.algorithm):
-        from search.engine import optuna_oracle
-
-        optuna_oracle.typed_options(search)
-        return
     oracle = _CLASSES[search.algorithm]
     known = [n for n in inspect.signature(oracle).parameters if n not in _SET_HERE and n not in ("args", "kwargs")]
     check_keys(search.options, known, f"the {search.algorithm} algorithm (Keras Tuner's {oracle.__name__})")
@@ -59,17 +54,13 @@ def common(search: Search) -> dict[str, Any]:
 
 
 def make_oracle(search: Search, seed: int) -> kt.Oracle:
-    """The oracle for `search.algorithm`."""
+    """Keras Tuner's oracle for `search.algorithm`."""
     settings = common(search)
-    if uses_optuna(search.algorithm):
-        from search.engine import optuna_oracle  # Optuna loads only for its algorithms
-
-        return optuna_oracle.OptunaOracle(search, seed, **settings)  # Optuna's samplers take seed 0 as it is
     settings["seed"] = keras_tuner_seed(seed)
     check_options(search)
     options = dict(search.options)
     if search.algorithm == "hyperband":
         options.setdefault("factor", 3)
         return kt.oracles.HyperbandOracle(max_epochs=search.epochs, **settings, **options)
-    assert search.algorithm in ALGORITHMS  # Search checked it
+    assert search.algorithm in ALGORITHMS and search.algorithm in _CLASSES  # Search checked it; the factory chose
     return _CLASSES[search.algorithm](max_trials=search.max_trials, **settings, **options)

@@ -26,7 +26,7 @@ from search.engine.budget import Budget, BudgetSpent, parse
 from search.core.hooks import HookList, SearchHooks, SearchInfo
 from search.core.status import COMPLETED, FAILED, KILLED, PRUNED, STOPPED
 from search.engine.progress import ConsoleProgress
-from search.engine.factory import make_source, shares_folder, study_name
+from search.engine.factory import check_options, make_source, shares_folder, study_name
 from search.engine.source import TooManyFailures
 from search.engine.tuner import DamagedState, Recycle, SpaceTuner
 from search.errors import SearchError
@@ -106,13 +106,13 @@ def _delete_study(space: Space, folder: SpaceDir) -> None:
     """--fresh with a shared --storage: delete that study, unless a worker is running one of its trials."""
     import optuna
 
-    from search.engine import claims, optuna_oracle
+    from search.engine import claims, optuna_storage
 
     url = space.search.options.get("storage")
     name = _study_name(space)
     if not url or not name:
         return
-    storage = optuna_oracle.open_storage(url, folder.path)
+    storage = optuna_storage.open_storage(url, folder.path)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -125,7 +125,7 @@ def _delete_study(space: Space, folder: SpaceDir) -> None:
         )
     print(f"--fresh: deleting Optuna study {name!r} ({len(study.trials)} trials) in {redact(url)}.", flush=True)
     optuna.delete_study(study_name=name, storage=storage)
-    claims.Claims(optuna_oracle.storage_for_children(url, folder.path)).forget(f"{name}:")
+    claims.Claims(optuna_storage.storage_for_children(url, folder.path)).forget(f"{name}:")
 
 
 def _write_record(space: Space, folder: SpaceDir, fingerprint: dict[str, Any]) -> None:
@@ -209,7 +209,7 @@ def run_search(space: Space, *, runs_dir: Path = Path("runs"), fresh: bool = Fal
     the caller to resume in a fresh process (the command line does).
     """
     search = space.search
-    oracles.check_options(search)  # a mistyped option is a mistake: one line, before anything is written
+    check_options(search)  # a mistyped option is a mistake: one line, before anything is written
     seconds = parse(search.time_budget)
     budget = Budget(seconds) if seconds else None  # from now: opening the data counts
     data = open_data(space.data, runs_dir=runs_dir, seed=search.seed)
