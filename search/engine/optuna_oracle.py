@@ -25,13 +25,14 @@ from optuna.trial import TrialState
 
 from search import compat
 from search.core.hooks import TrialResult
+from search.core.status import ENDED, PRUNED
 from search.declare import Search
 from search.engine import interrupts
 from search.engine.claims import Claims
 from search.engine.heartbeat import Heartbeat
 from search.engine.optuna_storage import open_storage, storage_for_children
 from search.engine.reaper import LOST, Reaper, counted, lost
-from search.engine.samplers import make_pruner, make_sampler, suggest, typed_options
+from search.engine.samplers import distributions, make_pruner, make_sampler, suggest, typed_options
 from search.errors import SearchError
 from search.redaction import redact
 from search.runs import faults, workers
@@ -157,6 +158,35 @@ class OptunaOracle(Reaper, kt.Oracle):
 
     def populate_space(self, trial_id: str) -> dict[str, Any]:
         return {"status": TrialStatus.RUNNING, "values": suggest(self._asked[trial_id], self.hyperparameters)}
+
+    def restore(self, records: list[dict[str, Any]]) -> int:
+        """Add to a study that lost them (a journal deleted or replaced) the ended trials whose
+        records are in trials/, in their order, so their numbers and ids are taken again and
+        none runs again. Once, under a claim, whichever workers start at that moment."""
+        trials = self.study.get_trials(deepcopy=False)
+        known = {str(t.user_attrs.get("kt_trial_id")) for t in trials}
+        missing = sorted((r for r in records if r["status"] in ENDED and r["trial_id"] not in known),
+                         key=lambda r: r["trial_id"])
+        if not missing or trials:
+            return 0  # a study that holds trials holds every trial its workers asked for
+        claims = self._claims
+        assert claims is not None
+        won, _ = self._storage_call(lambda: claims.claim(f"{self.name}:restore", stale_after=self.grace_period))
+        if not won:
+            return 0
+        for record in missing:
+            values = self._values(record)
+            state = (TrialState.COMPLETE if values is not None else
+                     TrialState.PRUNED if record["status"] == PRUNED and not self.multi else TrialState.FAIL)
+            chosen = dict(record.get("values") or {})
+            found = distributions(self.hyperparameters, chosen)
+            frozen = optuna.trial.create_trial(
+                state=state, values=values if state == TrialState.COMPLETE else None,
+                params={k: chosen[k] for k in found}, distributions=found,
+                user_attrs={"kt_trial_id": record["trial_id"], "restored": True})
+            self._storage_call(lambda: self.study.add_trial(frozen))
+        self._storage_call(lambda: claims.finish(f"{self.name}:restore"))
+        return len(missing)
 
     def finished_count(self) -> int:
         """The study's trials that ended and count towards max_trials (all workers)."""

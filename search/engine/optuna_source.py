@@ -42,7 +42,7 @@ class OptunaSource:
         self.oracle.on_lost = on_lost
 
     def restore(self, records: list[dict[str, Any]]) -> int:
-        return 0  # the study, not this process's state, holds every trial
+        return self.oracle.restore(records)
 
     def pending(self) -> list[str]:
         return []  # the study recovers its trials from their records as it hands out the next (`reap`)

@@ -194,9 +194,10 @@ def _open_tuner(space: Space, data: ImageData, info: SearchInfo, hooks: HookList
               f"from {replayed} trial record(s) (the damaged copy is in {aside}).", file=sys.stderr, flush=True)
         return tuner
     replayed = tuner.restore()
-    if replayed:  # the state lost (deleted, or an older crash) while trials/ kept their records
-        print(f"warning: Keras Tuner's state in {folder.path / tuner.source.project} did not know {replayed} recorded "
-              "trial(s); they were given to it from their records and are not run again.", file=sys.stderr, flush=True)
+    if replayed:  # the state lost (deleted, replaced, an older crash) while trials/ kept their records
+        print(f"warning: the search's state (Keras Tuner's {folder.tuner.name}/, or the Optuna study) did not know "
+              f"{replayed} trial(s) recorded in {folder.trials}; it was given them from their records, and they are "
+              "not run again.", file=sys.stderr, flush=True)
     return tuner
 
 

@@ -77,24 +77,57 @@ def suggest(trial: optuna.Trial, space: kt.HyperParameters) -> dict[str, Any]:
     return dict(hps.values)
 
 
-def _suggest_one(trial: optuna.Trial, hp: Any) -> Any:
+def distribution(hp: Any) -> optuna.distributions.BaseDistribution | None:
+    """A Keras Tuner hyperparameter's values as an Optuna distribution (None for a Fixed one)."""
     h = kt.engine.hyperparameters
+    D = optuna.distributions
     if isinstance(hp, h.Fixed):
-        return hp.value
+        return None
     if isinstance(hp, h.Boolean):
-        return trial.suggest_categorical(hp.name, [True, False])
+        return D.CategoricalDistribution([True, False])
     if isinstance(hp, h.Choice):
-        return trial.suggest_categorical(hp.name, list(hp.values))
+        return D.CategoricalDistribution(list(hp.values))
     log = hp.sampling in ("log", "reverse_log")
     if log and hp.step is not None:  # Keras Tuner's log step is a factor: a geometric grid
         grid, value = [], hp.min_value
         while value <= hp.max_value * (1 + 1e-9):
             grid.append(value)
             value *= hp.step
-        return trial.suggest_categorical(hp.name, grid)
+        return D.CategoricalDistribution(grid)
     if isinstance(hp, h.Int):
-        return trial.suggest_int(hp.name, hp.min_value, hp.max_value, step=hp.step or 1, log=log)
+        return D.IntDistribution(hp.min_value, hp.max_value, step=hp.step or 1, log=log)
     if isinstance(hp, h.Float):
-        value = trial.suggest_float(hp.name, hp.min_value, hp.max_value, step=hp.step, log=log)
-        return round(value, 10) if hp.step else value
+        return D.FloatDistribution(hp.min_value, hp.max_value, step=hp.step, log=log)
     raise SearchError(f"hyperparameter {hp.name!r}: {type(hp).__name__} cannot be translated to Optuna.")
+
+
+def _suggest_one(trial: optuna.Trial, hp: Any) -> Any:
+    found = distribution(hp)
+    D = optuna.distributions
+    if found is None:
+        return hp.value
+    if isinstance(found, D.CategoricalDistribution):
+        return trial.suggest_categorical(hp.name, list(found.choices))
+    if isinstance(found, D.IntDistribution):
+        return trial.suggest_int(hp.name, found.low, found.high, step=found.step, log=found.log)
+    assert isinstance(found, D.FloatDistribution)
+    value = trial.suggest_float(hp.name, found.low, found.high, step=found.step, log=found.log)
+    return round(value, 10) if found.step else value
+
+
+def distributions(space: kt.HyperParameters, values: dict[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The distributions of the hyperparameters that `values` (a trial's) gives a value, as the
+    study would have suggested them."""
+    found: dict[str, optuna.distributions.BaseDistribution] = {}
+    for hp in space.space:
+        made = distribution(hp) if hp.name in values and hp.name not in found else None
+        if made is not None and _holds(made, values[hp.name]):
+            found[hp.name] = made
+    return found
+
+
+def _holds(made: optuna.distributions.BaseDistribution, value: Any) -> bool:
+    if isinstance(made, optuna.distributions.CategoricalDistribution):
+        return value in made.choices
+    assert isinstance(made, (optuna.distributions.IntDistribution, optuna.distributions.FloatDistribution))
+    return isinstance(value, (int, float)) and made.low <= value <= made.high

@@ -115,7 +115,7 @@ def test_a_lost_keras_tuner_state_is_rebuilt_from_the_records(half_done, tmp_pat
     recorded = {p: p.read_bytes() for p in half_done.trials.glob("*/result.json")}
     shutil.rmtree(half_done.tuner)
     assert search(tmp_path, digits_folders) == 0
-    assert "2 recorded trial(s)" in capsys.readouterr().err
+    assert "did not know 2 trial(s) recorded" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in recorded} == recorded
     check_keras_tuner(half_done, MAX_TRIALS)
 
@@ -145,3 +145,21 @@ def test_a_search_whose_only_record_is_torn_keeps_its_row_and_header(tmp_path, d
     record.write_bytes(record.read_bytes()[:50])
     assert search(tmp_path, digits_folders, max_trials=1) == 0
     pd.testing.assert_frame_equal(pd.read_csv(folder.trials_csv, dtype={"trial_id": str}), before)
+
+
+def test_a_lost_optuna_journal_is_rebuilt_from_the_records(tmp_path, digits_folders, capsys):
+    import optuna
+
+    assert search(tmp_path, digits_folders, "--algorithm", "tpe", max_trials=2) == 0
+    folder = SpaceDir(tmp_path / "tiny")
+    recorded = {p: p.read_bytes() for p in folder.trials.glob("*/result.json")}
+    assert len(recorded) == 2
+    folder.journal.unlink()
+    assert search(tmp_path, digits_folders, "--algorithm", "tpe") == 0
+    assert "did not know 2 trial(s) recorded" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in recorded} == recorded  # no recorded trial ran again
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder.journal)))
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert [t.user_attrs["kt_trial_id"] for t in trials] == ["0000", "0001", "0002"]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    check_optuna(folder, MAX_TRIALS)
