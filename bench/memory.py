@@ -40,7 +40,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.engine.hooks import SearchHooks  # noqa: E402
+from search.core.hooks import SearchHooks  # noqa: E402
 
 SPACE = '''
 from search import Data, Search

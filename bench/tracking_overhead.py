@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search import run  # noqa: E402
 from search.tracking import tracker as tracking  # noqa: E402
-from search.engine.hooks import SearchHooks  # noqa: E402
+from search.core.hooks import SearchHooks  # noqa: E402
 from search.tracking.config import TrackingConfig  # noqa: E402
 
 PER_TRIAL = ("on_trial_begin", "on_epoch_end", "on_trial_end")

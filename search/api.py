@@ -57,7 +57,7 @@ class Result:
         import optuna
 
         if self.study_name is not None:
-            from search.engine.optuna_oracle import open_storage
+            from search.engine.optuna_storage import open_storage
 
             return optuna.load_study(study_name=self.study_name, storage=open_storage(self.storage, self.folder))
         from search.results import importance

@@ -87,6 +87,24 @@ def drop_requeued(oracle: Any, trial_id: str) -> None:
     oracle._retry_queue.remove(trial_id)
 
 
+def set_project_dir(oracle: Any, directory: Path, project: str) -> None:
+    """Where an oracle of our own (Optuna's) keeps Keras Tuner's files of its trials, set
+    before any tuner is built on it. Relies on `Oracle._set_project_dir`."""
+    oracle._set_project_dir(str(directory), project)
+
+
+def start_trial(oracle: Any, tuner_id: str, trial: Any) -> None:
+    """Hand out `trial`, made by an oracle of our own (Optuna's), as `Oracle.create_trial`
+    does: ongoing, saved (its trial.json, then oracle.json) and displayed. Relies on
+    `Oracle.start_order`, `Oracle._save_trial` and `Oracle._display`."""
+    oracle.ongoing_trials[tuner_id] = trial
+    oracle.trials[trial.trial_id] = trial
+    oracle.start_order.append(trial.trial_id)
+    oracle._save_trial(trial)
+    oracle.save()
+    oracle._display.on_trial_begin(trial)
+
+
 # TensorFlow 2.16-2.21 ---------------------------------------------------------------------
 # Every traced `tf.custom_gradient` (Keras' optimizer all-reduce is one) registers its
 # gradient function in `ops._gradient_registry._registry` under a fresh name and never
@@ -113,6 +131,36 @@ def tensor_fed_to(layer: Any) -> Any:
     has no public accessor: a nested Functional's `.input` is its own Input, not what the
     outer graph fed it. Relies on `Layer._inbound_nodes`."""
     return layer._inbound_nodes[-1].input_tensors[0]
+
+
+# TensorFlow Lite ---------------------------------------------------------------------------
+# A .tflite file's metadata entries (name -> bytes) are written and read with TensorFlow's own
+# flatbuffer tools, `tensorflow.lite.tools.flatbuffer_utils` and the generated
+# `tensorflow.lite.python.schema_py_generated`: not public API, but what the converter uses.
+
+def tflite_with_metadata(flatbuffer: bytes, name: bytes, data: bytes) -> bytes:
+    """The model `flatbuffer` with one more metadata entry `name` holding `data`."""
+    import numpy as np
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(data, np.uint8)
+    model.buffers.append(buffer)
+    named = schema.MetadataT()
+    named.name, named.buffer = name, len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), named]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def tflite_metadata(path: Path) -> dict[bytes, bytes]:
+    """A .tflite file's metadata entries."""
+    import numpy as np
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    return {item.name: bytes(np.asarray(model.buffers[item.buffer].data, np.uint8)) for item in model.metadata or []}
 
 
 # Optuna 5.x ------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from search import metrics
-from search.engine import budget
-from search.engine.algorithms import ALGORITHMS
+from search.core import durations
+from search.core.options import optuna_options
+from search.core.algorithms import ALGORITHMS, uses_optuna
 from search.errors import SpaceError, did_you_mean
 
 LAYOUTS = ("auto", "split_folders", "folders", "tfrecord")
@@ -75,7 +76,7 @@ class Data:
 class Search:
     """How to search: algorithm, objective, budget and stopping."""
 
-    algorithm: str = "random"  # one of search.engine.algorithms.ALGORITHMS
+    algorithm: str = "random"  # one of search.core.algorithms.ALGORITHMS
     objective: str = "val_accuracy"  # one of search.metrics.METRICS
     max_trials: int = 10
     epochs: int = 10
@@ -96,6 +97,9 @@ class Search:
     # Second objective for a multi-objective (Pareto) search: one of search.metrics.COSTS.
     minimize: str | None = None
     # Extra keyword arguments for the algorithm (e.g. hyperband's factor, a sampler's options).
+    # Optuna algorithms also take the settings of search.core.options.OptunaOptions: 'pruner'
+    # (median, the default; hyperband; successive_halving; none), 'pruner_options', 'storage',
+    # 'study', 'heartbeat_interval' and 'grace_period'. An unknown key is an error naming it.
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Stop the search after this long ("2h", "90m", seconds): see search.engine.budget.
     time_budget: str | float | None = None
@@ -126,6 +130,10 @@ class Search:
             raise SpaceError(f"Search(keep_models={self.keep_models!r}) must be 'all' or 'best'.")
         metrics.check_objective(self.objective)
         metrics.check_cost(self.minimize)
-        budget.parse(self.time_budget)
+        durations.parse(self.time_budget)
+        if not isinstance(self.options, dict):
+            raise SpaceError(f"Search(options={self.options!r}) must be a dict, e.g. options={{'factor': 3}}.")
+        if uses_optuna(self.algorithm):
+            optuna_options(self.options)  # its settings and pruner; the sampler's arguments when it is built
         if not isinstance(self.tensorboard, bool):
             raise SpaceError(f"Search(tensorboard={self.tensorboard!r}) must be True or False.")

@@ -104,28 +104,17 @@ def with_labels(flatbuffer: bytes, labels: Sequence[str]) -> bytes:
     release (0.4.4) needs protobuf < 4, TensorFlow >= 6.31. This plain entry is what
     TensorFlow's own flatbuffer tools write and read back; apps read labels.txt beside the model.
     """
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+    from search import compat
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer("\n".join(labels).encode("utf-8") + b"\n", np.uint8)
-    model.buffers.append(buffer)
-    named = schema.MetadataT()
-    named.name, named.buffer = b"labels", len(model.buffers) - 1
-    model.metadata = [*(model.metadata or []), named]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return compat.tflite_with_metadata(flatbuffer, b"labels", "\n".join(labels).encode("utf-8") + b"\n")
 
 
 def embedded_labels(path: Path) -> list[str]:
     """The class names in a .tflite file's "labels" metadata ([] when it has none)."""
-    from tensorflow.lite.tools import flatbuffer_utils
+    from search import compat
 
-    model = flatbuffer_utils.read_model(str(path))
-    for item in model.metadata or []:
-        if item.name == b"labels":
-            return bytes(np.asarray(model.buffers[item.buffer].data, np.uint8)).decode("utf-8").splitlines()
-    return []
+    data = compat.tflite_metadata(path).get(b"labels")
+    return data.decode("utf-8").splitlines() if data is not None else []
 
 
 def _interpreter(path: Path) -> Any:

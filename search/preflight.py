@@ -74,7 +74,7 @@ def check_services(options: dict[str, Any], tracking_uri: str | None, space_dir:
     """SearchError when the Optuna storage URL or the tracking URI does not connect or authenticate."""
     storage = options.get("storage")
     if storage and "://" in str(storage):
-        from search.engine.optuna_oracle import open_storage
+        from search.engine.optuna_storage import open_storage
 
         opened = open_storage(str(storage), space_dir)  # a SearchError in one line when it cannot
         engine = getattr(opened, "engine", None)

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def ranked(table: pd.DataFrame, objective: str) -> pd.DataFrame:
     """Every trial: completed ones best first with their gap to the best, then the rest."""
     from search import metrics
-    from search.engine.hooks import COMPLETED
+    from search.core.status import COMPLETED
 
     done = table[table["status"] == COMPLETED].sort_values(objective, ascending=metrics.direction(objective) == "min")
     rest = table[table["status"] != COMPLETED]

@@ -12,7 +12,7 @@ from typing import Any
 
 from search import preflight
 from search.cli import Parser, entry, fail
-from search.engine.algorithms import ALGORITHMS, OPTUNA_ALGORITHMS, uses_optuna
+from search.core.algorithms import ALGORITHMS, OPTUNA_ALGORITHMS, uses_optuna
 from search.errors import SearchError
 from search.redaction import redact
 from search.runs import diskfull
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers is not None:
             from search.engine.launcher import launch
 
-            return launch(sys.argv[1:] if argv is None else list(argv), args.workers)
+            return launch(sys.argv[1:] if argv is None else list(argv), args)
         from search.space import load_space
 
         space = load_space(

@@ -24,6 +24,7 @@ from typing import Any
 import keras_tuner as kt
 
 from search import hparams
+from search.core.values import lossless
 from search.declare import Data, Search
 from search.errors import SearchError, SpaceError, did_you_mean
 from search.models.backbones import BACKBONES
@@ -185,11 +186,7 @@ def _fields(cls: type) -> list[str]:
 def _coerce_setting(cls: type, name: str, value: Any) -> Any:
     """A --set value for a Search/Data setting as the setting's type takes it (3.0 -> 3)."""
     kinds = typing.get_args(typing.get_type_hints(cls)[name]) or (typing.get_type_hints(cls)[name],)
-    if int in kinds and float not in kinds and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
+    return lossless(value, kinds)
 
 
 def _import(path: Path) -> Any:
@@ -266,16 +263,14 @@ def _coerce_own(path: Path, declared: Any, value: Any) -> Any:
     if isinstance(declared, kinds.Boolean):
         problem = None if isinstance(value, bool) else "True or False"
     elif isinstance(declared, kinds.Int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
+        value = lossless(value, (int,))
         problem = None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
     elif isinstance(declared, kinds.Float):
-        problem = None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
-        value = float(value) if problem is None else value
+        value = lossless(value, (float,))
+        problem = None if isinstance(value, float) else "a number"
     elif isinstance(declared, kinds.Choice) and declared.values:
         wanted = type(declared.values[0])
-        if wanted is int and isinstance(value, float) and value.is_integer():
-            value = int(value)
+        value = lossless(value, (wanted,))
         problem = None if isinstance(value, wanted) and not (wanted is not bool and isinstance(value, bool)) \
             else f"a {wanted.__name__} like its choices {list(declared.values)}"
     if problem:

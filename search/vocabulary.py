@@ -12,35 +12,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from search import metrics
+from search.core.options import PRUNERS
 from search.data.augment import POLICIES
-from search.engine.algorithms import ALGORITHMS
-from search.hparams import DEFAULTS, FINE_TUNE_MODES, POOLINGS
-from search.models.backbones import BACKBONES, PREPROCESSING, WEIGHTS
+from search.core.algorithms import ALGORITHMS
+from search.hparams import DEFAULTS, MEANING, WORDS
+from search.models.backbones import BACKBONES, PREPROCESSING
 from search.models.optimizers import OPTIMIZERS
 from search.models.schedules import SCHEDULES
-
-# What each hyperparameter means; its values come from the registries.
-MEANING = {
-    "backbone": "the pretrained network under the head",
-    "weights": "what it starts from, or a weights file's path",
-    "fine_tune": "which layers train",
-    "fine_tune_layers": "how many last layers train with `top`",
-    "image_size": "pixels (square); the pipeline resizes",
-    "batch_size": "per replica (the global batch: times the replicas)",
-    "pooling": "global pooling after the backbone",
-    "head_batchnorm": "BatchNormalization after the pooling and each Dense",
-    "head_layers": "Dense layers before the softmax, each half as wide",
-    "head_width": "the first Dense layer's width",
-    "dropout": "before each Dense layer, in [0, 1)",
-    "optimizer": "the optimizer",
-    "learning_rate": "the peak rate (warmup_exp's LR_MAX, step's first)",
-    "schedule": "the learning-rate schedule",
-    "augmentation": "the augmentation policy",
-    "label_smoothing": "in [0, 1)",
-}
-WORDS: dict[str, Iterable[str]] = {"weights": WEIGHTS, "fine_tune": FINE_TUNE_MODES, "pooling": POOLINGS, "optimizer": OPTIMIZERS,
-         "schedule": SCHEDULES, "augmentation": POLICIES}
-
 
 def _table(header: Iterable[str], rows: Iterable[Iterable[object]]) -> str:
     header = list(header)
@@ -73,6 +51,7 @@ def words() -> str:
         ("objective", {k: f"{m.description}; {'higher' if m.direction == 'max' else 'lower'} is better"
                        for k, m in metrics.METRICS.items()}),
         ("minimize", dict(metrics.COSTS)),
+        ("pruner", {k: f"{v}; Optuna's: `options={{'pruner': '{k}'}}`" for k, v in PRUNERS.items()}),
     ]
     return _table(("setting", "value", "meaning"),
                   ((f"`{setting}`", f"`{value}`", meaning) for setting, values in sections

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from search.engine.hooks import COMPLETED, SearchHooks, SearchInfo, TrialInfo, TrialResult
+from search.core.hooks import SearchHooks, SearchInfo, TrialInfo, TrialResult
+from search.core.status import COMPLETED
 from search.hparams import TrialConfig
 from search.results import records
 

@@ -57,7 +57,7 @@ def test_no_import_cycle():
 
 def test_vocabularies_and_the_command_lines_help_load_without_keras_or_tensorflow():
     script = ("import sys, search.models.backbones, search.models.schedules, search.models.optimizers, "
-              "search.engine.algorithms, search.metrics, search.declare, search.run; "
+              "search.core.algorithms, search.metrics, search.declare, search.run; "
               "search.run.build_parser().format_help(); "
               "print(sorted(m for m in ('keras', 'tensorflow', 'keras_tuner', 'optuna', 'mlflow') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -118,3 +118,64 @@ def test_no_function_local_import_is_there_to_break_a_cycle():
         for imported in _local_imports(path, set(modules)) - {module}:
             trial = {**graph, module: graph[module] | {imported}}
             assert _cycle(trial) is None, f"{module} imports {imported} inside a function to break the cycle {_cycle(trial)}"
+
+
+# The layers, bottom first: a unit (a subpackage, or a module of its own at the top) imports
+# units of its own layer or below, never above.
+LAYERS = (
+    ("core", "errors", "redaction", "console", "metrics", "cli"),  # shared types and words
+    ("declare",),  # what a space file writes
+    ("runs", "compat"),  # the runs folder; third-party private API (compat writes through runs)
+    ("data",),
+    ("models", "hparams", "space"),  # a trial's model and the hyperparameters that define it
+    ("results",),  # records, tables, fronts, plots
+    ("tracking",),  # MLflow and TensorBoard
+    ("engine",),  # the search loop, its sources and trials
+    ("ensembles",),
+    ("preflight",),  # the checks a command makes before any work
+    ("run", "ensemble", "predict", "export", "featuremaps", "report", "vocabulary", "api", "__init__"),  # commands
+)
+# Imports that still go up, each in code another change owns; the list only shrinks.
+GOING_UP = {
+    ("results", "tracking"): "results.study and results.pareto fetch other workers' runs from MLflow",
+    ("runs", "data"): "runs.saved opens a saved search's data",
+    ("runs", "space"): "runs.saved loads a saved search's space",
+}
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    return "__init__" if len(parts) == 1 else parts[1]
+
+
+def _every_import(path: Path, modules: set[str]) -> set[str]:
+    """The search modules a module imports, at its top or inside functions (not TYPE_CHECKING)."""
+    found = set()
+    tree = ast.parse(path.read_text())
+    skipped = {id(n) for node in tree.body if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for n in ast.walk(node)}
+    for child in ast.walk(tree):
+        if id(child) in skipped:
+            continue
+        if isinstance(child, ast.Import):
+            found |= {a.name for a in child.names if a.name in modules}
+        elif isinstance(child, ast.ImportFrom) and child.module and child.module.startswith("search"):
+            submodules = {f"{child.module}.{a.name}" for a in child.names} & modules
+            found |= submodules or ({child.module} & modules)
+    return found
+
+
+def test_units_import_in_one_direction_only():
+    layer = {unit: index for index, units in enumerate(LAYERS) for unit in units}
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    units = {_unit(m) for m in modules}
+    assert units <= set(layer), f"give {sorted(units - set(layer))} a layer in LAYERS"
+    going_up: dict[tuple[str, str], list[str]] = {}
+    for module, path in modules.items():
+        for imported in _every_import(path, set(modules)):
+            below, above = _unit(module), _unit(imported)
+            if layer[above] > layer[below]:
+                going_up.setdefault((below, above), []).append(f"{module} imports {imported}")
+    unexpected = {k: v for k, v in going_up.items() if k not in GOING_UP}
+    assert not unexpected, f"imports that go up a layer: {unexpected}"
+    assert set(GOING_UP) <= set(going_up), f"no longer going up, take them out of GOING_UP: {set(GOING_UP) - set(going_up)}"

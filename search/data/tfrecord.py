@@ -321,7 +321,7 @@ _FILES_AT_ONCE = 64
 def indexed(
     found: Records,
 ) -> tuple[Callable[[tf.data.Dataset, bool, int], tf.data.Dataset], Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]]:
-    """`search.pipeline.Source`'s `items` and `unpack`: (index in file order, record) items,
+    """`search.data.pipeline.Source`'s `items` and `unpack`: (index in file order, record) items,
     unpacked a batch at a time into (indices, image bytes).
 
     Records cannot be read by index. A shuffled pass takes the files in a new order each
@@ -337,7 +337,7 @@ def indexed(
     def numbered(path: tf.Tensor, start: tf.Tensor) -> tf.data.Dataset:
         return tf.data.TFRecordDataset(path).enumerate(start)
 
-    def items(order: tf.data.Dataset, shuffle: bool, seed: int) -> tf.data.Dataset:  # `order` unused
+    def items(_: tf.data.Dataset, shuffle: bool, seed: int) -> tf.data.Dataset:  # no order by index: see above
         files = tf.data.Dataset.from_tensor_slices((paths, starts))
         if not shuffle:
             return files.flat_map(numbered)

@@ -18,6 +18,7 @@ resumes); a second one kills them. The exit status is the worst of the workers'.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import os
 import signal
@@ -29,16 +30,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from search.engine.algorithms import ALGORITHMS, OPTUNA_ALGORITHMS, uses_optuna
+from search.core.algorithms import ALGORITHMS, OPTUNA_ALGORITHMS, uses_optuna
 from search.errors import SearchError
 
-# Options of search.run that take a value, to find the space among the arguments.
-_VALUED = {"--data", "--max-trials", "--epochs", "--algorithm", "--seed", "--set", "--storage", "--study",
-           "--runs-dir", "--workers"}
-
-
 def without_workers(argv: Sequence[str]) -> list[str]:
-    """The worker's command line: the launcher's, less `--workers N`."""
+    """The worker's command line: the launcher's, less `--workers N` (the parser takes no
+    abbreviation of it, so these two forms are all there are)."""
     out: list[str] = []
     skip = False
     for arg in argv:
@@ -49,27 +46,6 @@ def without_workers(argv: Sequence[str]) -> list[str]:
         elif not arg.startswith("--workers="):
             out.append(arg)
     return out
-
-
-def _last(argv: Sequence[str], option: str) -> str | None:
-    found = None
-    for index, arg in enumerate(argv):
-        if arg == option and index + 1 < len(argv):
-            found = argv[index + 1]
-        elif arg.startswith(option + "="):
-            found = arg.split("=", 1)[1]
-    return found
-
-
-def _sets(argv: Sequence[str]) -> dict[str, str]:
-    sets: dict[str, str] = {}
-    for index, arg in enumerate(argv):
-        item = argv[index + 1] if arg == "--set" and index + 1 < len(argv) else (
-            arg.split("=", 1)[1] if arg.startswith("--set=") else None)
-        if item and "=" in item:
-            name, value = item.split("=", 1)
-            sets[name.strip()] = value.strip().strip("'\"")
-    return sets
 
 
 def _space_algorithm(path: Path) -> str | None:
@@ -86,31 +62,24 @@ def _space_algorithm(path: Path) -> str | None:
     return None
 
 
-def algorithm_of(argv: Sequence[str], space: Path) -> str | None:
+def _sets(items: Sequence[str]) -> dict[str, str]:
+    """`--set NAME=VALUE` items as {NAME: VALUE} (the last one of a name wins, as for the worker)."""
+    return {name.strip(): value.strip().strip("'\"") for name, sep, value in (i.partition("=") for i in items) if sep}
+
+
+def algorithm_of(args: argparse.Namespace, space: Path) -> str | None:
     """The search's algorithm as the worker will see it: --algorithm, else --set algorithm=,
     else the space file's, else Search's default; None when the file computes it."""
     from search.declare import Search
 
-    chosen = _last(argv, "--algorithm") or _sets(argv).get("algorithm")
+    chosen = args.algorithm or _sets(args.set).get("algorithm")
     if chosen:
-        return chosen
+        return str(chosen)
     written = _space_algorithm(space)
     if written is not None:
         return written
     text = space.read_text(encoding="utf-8")
     return str(Search.__dataclass_fields__["algorithm"].default) if "algorithm" not in text else None
-
-
-def space_argument(argv: Sequence[str]) -> str | None:
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in _VALUED:
-            skip = True
-        elif not arg.startswith("-"):
-            return arg
-    return None
 
 
 def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
@@ -139,23 +108,24 @@ def placements(workers: int, gpus: list[str]) -> list[dict[str, str]]:
     return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], "TF_FORCE_GPU_ALLOW_GROWTH": "true"} for i in range(workers)]
 
 
-def check(argv: Sequence[str], workers: int) -> Path:
-    """The mistakes the launcher can see before starting anyone, each one line with the fix."""
+def check(args: argparse.Namespace) -> Path:
+    """The mistakes the launcher can see before starting anyone, each one line with the fix.
+    `args`: the command line as search.run's parser read it."""
+    workers = args.workers
     if workers < 1:
         raise SearchError(f"--workers {workers}: give the number of workers to start, 1 or more.")
-    for flag, why in (("--fresh", "a fresh search owns its runs folder until it ends, so the other workers could "
+    for flag, given, why in (("--fresh", args.fresh, "a fresh search owns its runs folder until it ends, so the other workers could "
                                   "not join; start over first with the same command without --workers, e.g. "
                                   "with --fresh --max-trials 1, then add --workers"),
-                      ("--dry-run", "run --dry-run without --workers")):
-        if flag in argv:
+                      ("--dry-run", args.dry_run, "run --dry-run without --workers")):
+        if given:
             raise SearchError(f"--workers cannot be combined with {flag}: {why}.")
-    given = space_argument(argv)
-    if given is None:
+    if args.space is None:
         raise SearchError("--workers needs a space file, e.g. python -m search.run spaces/digits.py --workers 2.")
-    space = Path(given)
+    space = Path(args.space)
     if not space.is_file():
         raise SearchError(f"{space}: no such space file; pass the path of a space file, e.g. spaces/digits.py.")
-    algorithm = algorithm_of(argv, space)
+    algorithm = algorithm_of(args, space)
     if algorithm is not None and algorithm in ALGORITHMS and not uses_optuna(algorithm):
         raise SearchError(f"--workers needs an Optuna algorithm ({', '.join(OPTUNA_ALGORITHMS)}) to share one study, "
                           f"not {algorithm!r}: add --algorithm tpe.")
@@ -186,9 +156,12 @@ def _exit_code(code: int) -> int:
     return 128 - code if code < 0 else code  # killed by signal s: 128 + s, as a shell says
 
 
-def launch(argv: Sequence[str], workers: int) -> int:
-    """Start `workers` workers running `argv` without --workers; wait for all; the worst exit status."""
-    check(argv, workers)
+def launch(argv: Sequence[str], args: argparse.Namespace) -> int:
+    """Start `args.workers` workers running `argv` without --workers; wait for all; the worst
+    exit status. `args` is `argv` as search.run's parser read it: every option a worker takes
+    passes through unchanged."""
+    check(args)
+    workers = args.workers
     command = [sys.executable, "-m", "search.run", *without_workers(argv)]
     gpus = visible_gpus()
     places = placements(workers, gpus)

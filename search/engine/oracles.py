@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import keras_tuner as kt
 
 from search import compat, metrics
+from search.core.options import check_keys
 from search.declare import Search
-from search.engine.algorithms import ALGORITHMS, uses_optuna
+from search.core.algorithms import ALGORITHMS
 
 MAX_CONSECUTIVE_FAILURES = 3
+_CLASSES = {
+    "random": kt.oracles.RandomSearchOracle,
+    "grid": kt.oracles.GridSearchOracle,
+    "bayesian": kt.oracles.BayesianOptimizationOracle,
+    "hyperband": kt.oracles.HyperbandOracle,
+}
+# What make_oracle passes itself: not the space's to set.
+_SET_HERE = ("objective", "max_trials", "max_epochs", "seed", "max_retries_per_trial", "max_consecutive_failed_trials")
 
 
 def objective(search: Search) -> kt.Objective:
@@ -25,27 +35,32 @@ def keras_tuner_seed(seed: int) -> int:
     return seed + 1
 
 
-def make_oracle(search: Search, seed: int) -> kt.Oracle:
-    """The oracle for `search.algorithm`."""
+def check_options(search: Search) -> None:
+    """A one-line SearchError for a key of `search.options` that its oracle does not take
+    (with the close match), before anything is written or built."""
+    oracle = _CLASSES[search.algorithm]
+    known = [n for n in inspect.signature(oracle).parameters if n not in _SET_HERE and n not in ("args", "kwargs")]
+    check_keys(search.options, known, f"the {search.algorithm} algorithm (Keras Tuner's {oracle.__name__})")
+
+
+def common(search: Search) -> dict[str, Any]:
+    """What every oracle of a search is given: its objective, and failures never retried."""
     compat.patch_keras_tuner()  # its oracles go through the patched HyperParameters
-    common: dict[str, Any] = {
+    return {
         "objective": objective(search),
         "max_retries_per_trial": 0,
         "max_consecutive_failed_trials": MAX_CONSECUTIVE_FAILURES,
     }
-    if uses_optuna(search.algorithm):
-        from search.engine import optuna_oracle  # Optuna loads only for its algorithms
 
-        return optuna_oracle.OptunaOracle(search, seed, **common)  # Optuna's samplers take seed 0 as it is
-    common["seed"] = keras_tuner_seed(seed)
+
+def make_oracle(search: Search, seed: int) -> kt.Oracle:
+    """Keras Tuner's oracle for `search.algorithm`."""
+    settings = common(search)
+    settings["seed"] = keras_tuner_seed(seed)
+    check_options(search)
     options = dict(search.options)
-    classes = {
-        "random": kt.oracles.RandomSearchOracle,
-        "grid": kt.oracles.GridSearchOracle,
-        "bayesian": kt.oracles.BayesianOptimizationOracle,
-    }
     if search.algorithm == "hyperband":
         options.setdefault("factor", 3)
-        return kt.oracles.HyperbandOracle(max_epochs=search.epochs, **common, **options)
-    assert search.algorithm in ALGORITHMS  # Search checked it
-    return classes[search.algorithm](max_trials=search.max_trials, **common, **options)
+        return kt.oracles.HyperbandOracle(max_epochs=search.epochs, **settings, **options)
+    assert search.algorithm in ALGORITHMS and search.algorithm in _CLASSES  # Search checked it; the factory chose
+    return _CLASSES[search.algorithm](max_trials=search.max_trials, **settings, **options)

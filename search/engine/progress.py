@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from search import metrics
-from search.engine.hooks import COMPLETED, FAILED, SearchHooks, SearchInfo, TrialInfo, TrialResult
+from search.core.hooks import SearchHooks, SearchInfo, TrialInfo, TrialResult
+from search.core.status import COMPLETED, FAILED
 from search.results.records import FINISHED, load_records
 from search.runs.layout import TrialDir
 

@@ -22,16 +22,18 @@ import pandas as pd
 
 from search.data.dataset import ImageData, open_data
 from search.engine import interrupts, oracles, strategy as strategies
-from search.engine.algorithms import uses_optuna
 from search.engine.budget import Budget, BudgetSpent, parse
-from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED, STOPPED, HookList, SearchHooks, SearchInfo
+from search.core.hooks import HookList, SearchHooks, SearchInfo
+from search.core.status import COMPLETED, FAILED, KILLED, PRUNED, STOPPED
 from search.engine.progress import ConsoleProgress
-from search.engine.tuner import Recycle, SpaceTuner
+from search.engine.factory import check_options, make_source, shares_folder, study_name
+from search.engine.source import TooManyFailures
+from search.engine.tuner import DamagedState, Recycle, SpaceTuner
 from search.errors import SearchError
 from search.redaction import redact, redact_all
 from search.results import records
 from search.runs import atomic, diskfull
-from search.runs.best import follow_records
+from search.results.best import follow_records
 from search.runs.layout import SpaceDir
 from search.runs.locks import FolderLock, LockBusy
 from search.space import Space
@@ -66,9 +68,7 @@ def recorded_settings(search: Any) -> dict[str, Any]:
 
 
 def _study_name(space: Space) -> str | None:
-    if not uses_optuna(space.search.algorithm):
-        return None
-    return str(space.search.options.get("study") or space.name)
+    return study_name(space.search, space.name)
 
 
 def check_resume(space: Space, folder: SpaceDir, fingerprint: dict[str, Any]) -> None:
@@ -107,13 +107,13 @@ def _delete_study(space: Space, folder: SpaceDir) -> None:
     """--fresh with a shared --storage: delete that study, unless a worker is running one of its trials."""
     import optuna
 
-    from search.engine import claims, optuna_oracle
+    from search.engine import claims, optuna_storage
 
     url = space.search.options.get("storage")
     name = _study_name(space)
     if not url or not name:
         return
-    storage = optuna_oracle.open_storage(url, folder.path)
+    storage = optuna_storage.open_storage(url, folder.path)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -126,7 +126,7 @@ def _delete_study(space: Space, folder: SpaceDir) -> None:
         )
     print(f"--fresh: deleting Optuna study {name!r} ({len(study.trials)} trials) in {redact(url)}.", flush=True)
     optuna.delete_study(study_name=name, storage=storage)
-    claims.Claims(optuna_oracle.storage_for_children(url, folder.path)).forget(f"{name}:")
+    claims.Claims(optuna_storage.storage_for_children(url, folder.path)).forget(f"{name}:")
 
 
 def _write_record(space: Space, folder: SpaceDir, fingerprint: dict[str, Any]) -> None:
@@ -150,7 +150,7 @@ def _write_skipped(data: ImageData, folder: SpaceDir) -> None:
 
 def _lock(space: Space, folder: SpaceDir, fresh: bool) -> FolderLock:
     """Keras Tuner searches own their runs folder; Optuna workers of one study share it."""
-    shared = uses_optuna(space.search.algorithm) and not fresh
+    shared = shares_folder(space.search) and not fresh
     lock = FolderLock(folder.search_lock, doing=f"search.run {space.path} ({space.search.algorithm})", shared=shared)
     try:
         return lock.acquire()
@@ -174,54 +174,32 @@ def _common_error(errors: list[str]) -> str:
 
 def _open_tuner(space: Space, data: ImageData, info: SearchInfo, hooks: HookList, strategy: Any, *, verbose: int,
                 trials_per_process: int | None, budget: Budget | None) -> SpaceTuner:
-    """The tuner, its Keras Tuner state reloaded; rebuilt from the trial records when that state is damaged."""
+    """The loop, its source's state reloaded; rebuilt from the trial records when that state
+    cannot be read. A mistake of the user's (an option, the space) is raised as it is: only an
+    error reading the state moves it aside. Whenever trials/ holds records the source does not
+    know, it is given them, so no recorded trial runs again."""
     def make() -> SpaceTuner:
-        return SpaceTuner(space, data, info, hooks, strategy, oracles.make_oracle(space.search, space.search.seed),
+        return SpaceTuner(space, data, info, hooks, strategy, make_source(space.search, space.search.seed),
                           verbose=verbose, trials_per_process=trials_per_process, budget=budget)
 
+    folder = SpaceDir(info.space_dir)
     try:
-        return make()
-    except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        folder = SpaceDir(info.space_dir)
-        if uses_optuna(space.search.algorithm) or not folder.tuner.is_dir():
-            raise
-        aside = folder.path / f"tuner.damaged-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-        folder.tuner.rename(aside)
         tuner = make()
-        replayed = _replay(tuner, folder)
-        print(f"warning: Keras Tuner's state in {folder.tuner} could not be read ({type(e).__name__}); rebuilt it "
+    except DamagedState as e:
+        state = folder.path / make_source(space.search, space.search.seed).project
+        aside = state.with_name(f"{state.name}.damaged-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        state.rename(aside)
+        tuner = make()
+        replayed = tuner.restore()
+        print(f"warning: Keras Tuner's state in {state} could not be read ({e}); rebuilt it "
               f"from {replayed} trial record(s) (the damaged copy is in {aside}).", file=sys.stderr, flush=True)
         return tuner
-
-
-def _replay(tuner: SpaceTuner, folder: SpaceDir) -> int:
-    """Give a fresh Keras Tuner oracle the trials recorded in trials/, so none runs again."""
-    import keras_tuner as kt
-
-    oracle = tuner.oracle
-    oracle.verbose = 0  # its display would print each replayed trial's end, with no start to time it from
-    count = 0
-    for record in records.load_records(folder):
-        status = record["status"]
-        if status not in (COMPLETED, PRUNED, FAILED):
-            continue
-        hyperparameters = oracle.hyperparameters.copy()
-        hyperparameters.values = dict(record.get("values") or {})
-        trial = kt.engine.trial.Trial(hyperparameters, trial_id=record["trial_id"], status=kt.engine.trial.TrialStatus.RUNNING)
-        oracle.trials[trial.trial_id] = trial
-        best = {k: v for k, v in (record.get("best") or {}).items() if v is not None}
-        if status != FAILED and oracle.objective.name in best:
-            oracle.update_trial(trial.trial_id, best)
-            trial.status = kt.engine.trial.TrialStatus.COMPLETED
-        else:
-            trial.status = kt.engine.trial.TrialStatus.FAILED
-        try:
-            oracle.end_trial(trial)
-        except RuntimeError:
-            pass  # consecutive failures among the replayed ones
-        count += 1
-    tuner.save()
-    return count
+    replayed = tuner.restore()
+    if replayed:  # the state lost (deleted, replaced, an older crash) while trials/ kept their records
+        print(f"warning: the search's state (Keras Tuner's {folder.tuner.name}/, or the Optuna study) did not know "
+              f"{replayed} trial(s) recorded in {folder.trials}; it was given them from their records, and they are "
+              "not run again.", file=sys.stderr, flush=True)
+    return tuner
 
 
 def run_search(space: Space, *, runs_dir: Path = Path("runs"), fresh: bool = False, verbose: int = 2,
@@ -233,6 +211,7 @@ def run_search(space: Space, *, runs_dir: Path = Path("runs"), fresh: bool = Fal
     the caller to resume in a fresh process (the command line does).
     """
     search = space.search
+    check_options(search)  # a mistyped option is a mistake: one line, before anything is written
     seconds = parse(search.time_budget)
     budget = Budget(seconds) if seconds else None  # from now: opening the data counts
     data = open_data(space.data, runs_dir=runs_dir, seed=search.seed)
@@ -279,43 +258,43 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
         print(f"  every skipped file and why: {folder.skipped}")
     tuner = _open_tuner(space, data, info, hook_list, strategy, verbose=verbose,
                         trials_per_process=search.trials_per_process if recycle else None, budget=budget)
-    storage = getattr(tuner.oracle, "storage", None) if uses_optuna(search.algorithm) else None
+    storage = tuner.source.storage
 
     restore_signals = interrupts.install()
-    status, message = COMPLETED, ""
+    status: str = COMPLETED
+    message = ""
     # What is alive now (TensorFlow, Keras, the data) lives through the whole search: frozen,
     # the full collection after each trial (in clear_session) skips it.
     gc.collect()
     gc.freeze()
     try:
-        tuner.search(verbose=0)  # ConsoleProgress replaces Keras Tuner's display
+        tuner.run()
     except Recycle:
         status = RECYCLE
     except BudgetSpent:
         status = STOPPED
     except KeyboardInterrupt:
         status, message = KILLED, "interrupted: re-run the same command to resume where it stopped."
-    except Exception as e:
-        if diskfull.is_disk_full(e):  # the records on disk are whole: end the MLflow runs KILLED and say where
-            hook_list.on_search_end(info, KILLED)
-            raise diskfull.disk_full(e, folder.path) from None
-        if not isinstance(e, RuntimeError) or "consecutive failures" not in str(e):
-            raise
+    except TooManyFailures:
         status = FAILED
-        message = (f"the search stopped: {tuner.oracle.max_consecutive_failed_trials} trials in a row failed, "
+        message = (f"the search stopped: {oracles.MAX_CONSECUTIVE_FAILURES} trials in a row failed, "
                    f"the last with: {tuner.last_error}. Details: {folder.trials}/*/error.txt")
+    except Exception as e:
+        if not diskfull.is_disk_full(e):
+            raise
+        hook_list.on_search_end(info, KILLED)  # the records on disk are whole: end the MLflow runs KILLED and say where
+        raise diskfull.disk_full(e, folder.path) from None
     finally:
         gc.unfreeze()
         restore_signals()
-        if hasattr(tuner.oracle, "stop_heartbeat"):
-            tuner.oracle.stop_heartbeat()
+        tuner.source.close()
     table = records.write_trials_csv(folder)
     outcome = Outcome(status=status, space_dir=folder.path, table=table, message=message, storage=storage,
                       study=_study_name(space))
     if status == RECYCLE:  # the search is not over: its hooks and MLflow run stay open
         hook_list.on_search_pause(info)
         return outcome
-    others = tuner.oracle.completed_count() if hasattr(tuner.oracle, "completed_count") else 0
+    others = tuner.source.completed()
     errors = [str(e) for e in table["error"].dropna()] if "error" in table else []
     if status in (COMPLETED, STOPPED) and outcome.finished == 0 and others and not errors:
         # A worker that joined a shared study when the other workers had run all its trials.

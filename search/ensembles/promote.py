@@ -25,7 +25,8 @@ import optuna
 from optuna.trial import TrialState
 
 from search.data.dataset import ImageData
-from search.engine.optuna_oracle import counted, open_storage
+from search.engine.optuna_storage import open_storage
+from search.engine.reaper import counted
 from search.engine.strategy import detect
 from search.ensembles import champion as champions
 from search.ensembles import heldout

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from search.engine.hooks import OWN_MODEL
+from search.core.hooks import OWN_MODEL
+
 # The TrialConfig fields only the built-in backbone-and-head model reads.
 BACKBONE_ONLY = frozenset({"backbone", "weights", "fine_tune", "fine_tune_layers", "pooling", "head_batchnorm",
                            "head_layers", "head_width", "dropout"})

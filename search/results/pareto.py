@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from search import metrics
-from search.engine.hooks import COMPLETED
+from search.core.status import COMPLETED
 from search.results import plots
 from search.results.records import load_records, model_of
 from search.runs import atomic

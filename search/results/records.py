@@ -17,7 +17,9 @@ from typing import Any
 import pandas as pd
 
 from search import metrics
-from search.engine.hooks import COMPLETED, TrialInfo, TrialResult
+from search.core.hooks import TrialInfo, TrialResult
+from search.core.record import TrialRecord, from_json, to_json
+from search.core.status import COMPLETED
 from search.models.applicable import applicable
 from search.runs import atomic, workers
 from search.runs.layout import SpaceDir, TrialDir
@@ -37,29 +39,28 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def trial_record(trial: TrialInfo, result: TrialResult) -> dict[str, Any]:
-    return {
-        "trial_id": trial.trial_id,
-        "number": trial.number,
-        # Which process ran it (host:pid): the workers of one study share a runs folder.
-        "worker": str(workers.this_worker()),
-        "status": result.status,
-        "values": trial.values,
-        "config": trial.config.as_dict(),
-        "model": trial.model,
-        "best": {k: _clean(v) for k, v in result.best.items()},
-        "epochs_run": result.epochs_run,
-        "seconds": round(result.seconds, 2),
-        "seconds_per_epoch": result.seconds_per_epoch,
-        "images_per_second": result.images_per_second,
-        "params": result.params,
-        "size_mb": result.size_mb,
-        "model_path": str(result.model_path) if result.model_path else None,
-        "val_probabilities_path": str(result.val_probabilities_path) if result.val_probabilities_path else None,
-        "error": result.error,
-        "note": result.note,
-        "history": {k: [_clean(x) for x in v] for k, v in result.history.items()},
-    }
+def trial_record(trial: TrialInfo, result: TrialResult) -> TrialRecord:
+    return TrialRecord(
+        trial_id=trial.trial_id,
+        number=trial.number,
+        worker=str(workers.this_worker()),
+        status=result.status,
+        values=trial.values,
+        config=trial.config.as_dict(),
+        model=trial.model,
+        best={k: _clean(v) for k, v in result.best.items()},
+        epochs_run=result.epochs_run,
+        seconds=round(result.seconds, 2),
+        seconds_per_epoch=result.seconds_per_epoch,
+        images_per_second=result.images_per_second,
+        params=result.params,
+        size_mb=result.size_mb,
+        model_path=str(result.model_path) if result.model_path else None,
+        val_probabilities_path=str(result.val_probabilities_path) if result.val_probabilities_path else None,
+        error=result.error,
+        note=result.note,
+        history={k: [_clean(x) for x in v] for k, v in result.history.items()},
+    )
 
 
 def result_of(record: dict[str, Any]) -> TrialResult:
@@ -82,18 +83,22 @@ def model_of(record: dict[str, Any]) -> str:
 
 
 def write_record(trial: TrialInfo, result: TrialResult) -> Path:
-    return atomic.write_json(TrialDir(trial.dir).record, trial_record(trial, result))
+    return atomic.write_json(TrialDir(trial.dir).record, to_json(trial_record(trial, result)))
 
 
 def read_record(trial: TrialDir) -> dict[str, Any] | None:
+    """A trial's record as result.json's keys; None when there is none or it cannot be read."""
+    record = read_trial(trial)
+    return None if record is None else to_json(record)
+
+
+def read_trial(trial: TrialDir) -> TrialRecord | None:
     """A trial's record; None when there is none or it cannot be read (said once per file)."""
     path = trial.record
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
-        if not isinstance(record, dict) or "status" not in record or "trial_id" not in record:
-            raise ValueError("not a trial record")
+        record = from_json(json.loads(path.read_text()))
     except (OSError, ValueError) as e:
         if path not in _warned:
             _warned.add(path)
@@ -107,6 +112,35 @@ def load_records(space_dir: Path | SpaceDir) -> list[dict[str, Any]]:
     """Every readable trial record, in trial order."""
     folder = space_dir if isinstance(space_dir, SpaceDir) else SpaceDir(Path(space_dir))
     return [r for r in (read_record(t) for t in folder.trial_dirs()) if r is not None]
+
+
+def _damaged(folder: SpaceDir) -> list[str]:
+    """The trials whose record is there but cannot be read."""
+    return [t.path.name for t in folder.trial_dirs() if t.record.is_file() and read_record(t) is None]
+
+
+def _rows_kept(folder: SpaceDir, trial_ids: list[str]) -> pd.DataFrame:
+    """Those trials' rows of the trials.csv on disk (none when it cannot be read either)."""
+    if not trial_ids:
+        return pd.DataFrame()
+    try:
+        before = pd.read_csv(folder.trials_csv, dtype={"trial_id": str})
+    except (OSError, ValueError, pd.errors.ParserError):
+        return pd.DataFrame()
+    return before[before["trial_id"].isin(trial_ids)] if "trial_id" in before else pd.DataFrame()
+
+
+def folder_table(space_dir: Path | SpaceDir) -> pd.DataFrame:
+    """trials.csv as it is rebuilt: a row per readable record, and for a record that cannot be
+    read (torn, emptied) the row trials.csv already had, so a damaged file costs no trial its row."""
+    folder = space_dir if isinstance(space_dir, SpaceDir) else SpaceDir(Path(space_dir))
+    table = trials_table(load_records(folder))
+    kept = _rows_kept(folder, _damaged(folder))
+    if kept.empty:
+        return table
+    table = pd.concat([table, kept], ignore_index=True) if not table.empty else kept.reset_index(drop=True)
+    order = sorted(table["trial_id"], key=lambda t: (len(t), t))
+    return table.set_index("trial_id").loc[order].reset_index()
 
 
 def trials_table(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -125,19 +159,22 @@ def trials_table(records: list[dict[str, Any]]) -> pd.DataFrame:
             "size_mb": r.get("size_mb"),
             "error": r.get("error"),
         })
-        if "worker" in r:
+        if r.get("worker"):
             row["worker"] = r["worker"]
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["trial_id", "status"])
 
 
-def write_trials_csv(space_dir: Path | SpaceDir, records: list[dict[str, Any]] | None = None) -> pd.DataFrame:
-    """Rebuild trials.csv from the records, under the folder's table lock (workers share it)."""
+def write_trials_csv(space_dir: Path | SpaceDir, *, locked: bool = False) -> pd.DataFrame:
+    """Rebuild trials.csv from the records (`folder_table`), under the folder's table lock
+    (workers share it) unless the caller holds it."""
     folder = space_dir if isinstance(space_dir, SpaceDir) else SpaceDir(Path(space_dir))
-    with FolderLock(folder.table_lock, doing="rewriting trials.csv", wait=120):
-        table = trials_table(load_records(folder) if records is None else records)
+    if locked:
+        table = folder_table(folder)
         atomic.write_with(folder.trials_csv, lambda tmp: table.to_csv(tmp, index=False))
-    return table
+        return table
+    with FolderLock(folder.table_lock, doing="rewriting trials.csv", wait=120):
+        return write_trials_csv(folder, locked=True)
 
 
 def leaderboard(table: pd.DataFrame, objective: str, *, top: int = 5) -> pd.DataFrame:

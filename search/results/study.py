@@ -183,7 +183,3 @@ def gather(saved: SavedSearch, *, fetch: bool = True) -> Gathered:
                      f"{saved.record.get('study')!r} and were fetched from the tracking store")
     return Gathered(trials, labels, everything, notes)
 
-
-def records_of(saved: SavedSearch) -> list[dict[str, Any]]:
-    """Every trial record of the search: this folder's and the shared study's other workers'."""
-    return gather(saved).records

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from search.errors import SearchError, did_you_mean
-from search.engine.hooks import SearchInfo
+from search.core.hooks import SearchInfo
 from search.redaction import redact_all
 
 CONFIG_FILE = "mlflow.yaml"

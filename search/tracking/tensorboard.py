@@ -15,7 +15,7 @@ import keras_tuner as kt
 import tensorflow as tf
 
 from search import metrics
-from search.engine.hooks import SearchHooks, SearchInfo, TrialInfo, TrialResult
+from search.core.hooks import SearchHooks, SearchInfo, TrialInfo, TrialResult
 from search.errors import SearchError
 from search.runs.layout import SpaceDir
 from search.space import Space

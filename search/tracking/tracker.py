@@ -34,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from search.engine.algorithms import uses_optuna
+from search.core.algorithms import uses_optuna
 from search.hparams import TrialConfig
 from search.models.applicable import applicable
-from search.engine.hooks import COMPLETED, FAILED, KILLED, OWN_MODEL, PRUNED, SearchHooks, SearchInfo, TrialInfo, TrialResult
+from search.core.hooks import OWN_MODEL, SearchHooks, SearchInfo, TrialInfo, TrialResult
+from search.core.status import COMPLETED, FAILED, KILLED, PRUNED, TrialStatus
 from search.models.schedules import learning_rate_schedule
 from search.redaction import redact
 from search.results import plots
@@ -46,7 +47,6 @@ from search.runs.layout import SpaceDir, TrialDir
 from search.tracking import client as clients
 from search.tracking.config import TrackingConfig, load_config, search_tags, tracking_uri
 
-RUN_STATUS = {COMPLETED: "FINISHED", PRUNED: "FINISHED", FAILED: "FAILED", KILLED: "KILLED"}
 TAG_LIMIT = 5000
 HEARTBEAT_SECONDS = 60.0
 # Runs that a tracker of this process has open: any other run tagged with this process is stale.
@@ -253,7 +253,7 @@ class MlflowTracker(SearchHooks):
             if path.exists():
                 self.client.log_artifact(self.parent_id, str(path))
         self.client.set_tag(self.parent_id, "status", status)
-        self.client.set_terminated(self.parent_id, RUN_STATUS[status])
+        self.client.set_terminated(self.parent_id, TrialStatus(status).mlflow)
         _OPEN.discard(self.parent_id)
 
     # Trials ------------------------------------------------------------------------------
@@ -313,7 +313,7 @@ class MlflowTracker(SearchHooks):
         summary.update(params=result.params, size_mb=result.size_mb, seconds_per_epoch=result.seconds_per_epoch,
                        images_per_second=result.images_per_second, epochs_run=result.epochs_run,
                        train_seconds=result.seconds)
-        tags = {"status": result.status}
+        tags: dict[str, str] = {"status": result.status.csv}
         if result.error:
             tags["error"] = result.error
         digest = labels_digest(SpaceDir(search.space_dir).val_labels)
@@ -325,7 +325,7 @@ class MlflowTracker(SearchHooks):
         self._in_flight.append(self._background.submit(self._log_trial_files, run_id, search, trial, result))
         if self.config.log_models == "all" and result.model_path and result.model_path.exists():
             clients.log_keras_model(run_id, result.model_path)
-        self.client.set_terminated(run_id, RUN_STATUS.get(result.status, "FINISHED"))
+        self.client.set_terminated(run_id, TrialStatus(result.status).mlflow)
         del self._runs[trial.trial_id]
         _OPEN.discard(run_id)
         if result.status != KILLED:

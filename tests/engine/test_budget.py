@@ -56,3 +56,25 @@ def test_a_search_stops_at_its_budget_keeps_the_best_epoch_and_promotes(tmp_path
     assert trained <= limit + 2 * epoch  # the budget, plus the epoch cut short and its validation
     assert "Time budget 0.2 min: used" in out and f"{len(records)} of 20 trials done" in out
     assert time.monotonic() - started < limit + 60  # start-up, the cut epoch and the promotion on top
+
+
+def test_a_search_stopped_by_its_budget_with_tracking_terminates_every_mlflow_run(tmp_path, digits_folders, capsys,
+                                                                                   monkeypatch):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    space = tmp_path / "slow.py"
+    space.write_text(TINY.read_text() + SLOW_EPOCHS)
+    code = run.main([str(space), "--data", str(digits_folders), "--max-trials", "20", "--set", "epochs=30",
+                     "--time-budget", "45s", "--runs-dir", str(tmp_path), "--quiet"])  # start-up is in it
+    captured = capsys.readouterr()
+    assert code == 0, captured.out[-2000:] + captured.err[-2000:]
+    assert "Time budget 0.8 min" in captured.out  # it ended by its budget
+    assert "tracking is off" not in captured.out + captured.err  # tracking stayed on to the end
+    client = MlflowClient(uri)
+    every = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    searches = [r for r in every if "space_sha256" in r.data.tags and "mlflow.parentRunId" not in r.data.tags]
+    assert len(searches) == 1 and searches[0].info.status == "FINISHED"
+    assert searches[0].data.tags["status"] == "STOPPED"
+    assert every and not [r.info.run_name for r in every if r.info.status == "RUNNING"]

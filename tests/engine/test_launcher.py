@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from conftest import REPO, TINY, cli
 
+from search import run
 from search.engine import launcher
 from search.errors import SearchError
 
@@ -122,23 +123,65 @@ def test_a_keras_tuner_algorithm_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "tiny").exists()
 
 
+def _parsed(*argv: str):
+    return run.build_parser().parse_args(list(argv))
+
+
 def test_the_launchers_checks_read_the_command_line_and_the_space_file(tmp_path):
     space = tmp_path / "space.py"
     space.write_text("from search import Data, Search\nsearch = Search(algorithm='nsga2')\n")
-    assert launcher.algorithm_of([str(space)], space) == "nsga2"
-    assert launcher.algorithm_of([str(space), "--set", "algorithm=grid"], space) == "grid"
-    assert launcher.algorithm_of([str(space), "--algorithm", "tpe", "--set", "algorithm=grid"], space) == "tpe"
+    assert launcher.algorithm_of(_parsed(str(space)), space) == "nsga2"
+    assert launcher.algorithm_of(_parsed(str(space), "--set", "algorithm=grid"), space) == "grid"
+    assert launcher.algorithm_of(_parsed(str(space), "--algorithm", "tpe", "--set", "algorithm=grid"), space) == "tpe"
     space.write_text("from search import Data, Search\nsearch = Search(max_trials=3)\n")
-    assert launcher.algorithm_of([str(space)], space) == "random"  # Search's default
+    assert launcher.algorithm_of(_parsed(str(space)), space) == "random"  # Search's default
     assert launcher.without_workers(["s.py", "--workers", "3", "--max-trials", "4", "--workers=2"]) == [
         "s.py", "--max-trials", "4"]
-    assert launcher.space_argument(["--data", "d", "--set", "a=b", "s.py", "--quiet"]) == "s.py"
     for argv, words in ((["s.py", "--fresh"], "--fresh"), ([], "needs a space file"),
                         ([str(tmp_path / "none.py")], "no such space file")):
         with pytest.raises(SearchError, match=words):
-            launcher.check(argv, 2)
+            launcher.check(_parsed(*argv, "--workers", "2"))
     with pytest.raises(SearchError, match="1 or more"):
-        launcher.check([str(space)], 0)
+        launcher.check(_parsed(str(space), "--workers", "0"))
+
+
+# A value for each option of search.run that takes one: a new option without one fails below.
+_VALUES = {"--data": "DATA", "--max-trials": "2", "--epochs": "1", "--algorithm": "tpe", "--seed": "3",
+           "--time-budget": "2h", "--set": "batch_size=8", "--storage": "STORE", "--study": "s",
+           "--runs-dir": "RUNS"}
+# Options the launcher refuses (in one line) or that do not start a search.
+_NOT_FOR_WORKERS = {"--fresh", "--dry-run", "--list", "--workers", "--help"}
+
+
+def test_every_search_run_option_passes_through_workers_unchanged(tmp_path):
+    space = tmp_path / "space.py"
+    space.write_text("from search import Data, Search\nsearch = Search(algorithm='tpe')\n")
+    parser = run.build_parser()
+    options = [a for a in parser._actions if a.option_strings]
+    for action in options:
+        flag = action.option_strings[-1]
+        if flag in _NOT_FOR_WORKERS:
+            continue
+        given = [flag] if action.nargs == 0 else [flag, _VALUES[flag]]  # KeyError: give the new option a value
+        for argv in ([*given, str(space), "--workers", "2"], [str(space), "--workers", "2", *given],
+                     ["--workers=2", *given, str(space)]):
+            args = parser.parse_args(argv)
+            assert launcher.check(args) == space, argv
+            worker = parser.parse_args(launcher.without_workers(argv))
+            assert vars(worker) == {**vars(args), "workers": None}, argv
+            assert getattr(worker, action.dest) == getattr(args, action.dest) != action.default, argv
+    for flag in ("--fresh", "--dry-run"):
+        with pytest.raises(SearchError, match=f"cannot be combined with {flag}"):
+            launcher.check(parser.parse_args([str(space), flag, "--workers", "2"]))
+
+
+def test_a_time_budget_before_the_space_starts_the_workers(tmp_path, digits_folders):
+    done = cli("run", "--time-budget", "2h", str(TINY), "--algorithm", "tpe", "--workers", "2", "--max-trials", "2",
+               "--data", str(digits_folders), "--runs-dir", str(tmp_path), "--quiet", "--no-tracking", "--no-ensemble")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "All 2 workers finished."
+    table = pd.read_csv(tmp_path / "tiny" / "trials.csv", dtype={"trial_id": str})
+    assert len(table) == 2 and set(table["status"]) == {"COMPLETED"}
 
 
 def test_each_worker_gets_its_own_gpu_when_there_are_enough():

@@ -16,8 +16,10 @@ from conftest import TINY
 
 from search.declare import Search
 from search.engine import optuna_oracle
-from search.engine.hooks import COMPLETED, PRUNED, TrialResult
+from search.core.hooks import TrialResult
+from search.core.status import COMPLETED, PRUNED
 from search.engine.optuna_oracle import OptunaOracle, suggest
+from search.engine.optuna_source import OptunaSource
 from search.engine.runner import run_search
 from search.results.pareto import front_table
 from search.space import load_space
@@ -76,8 +78,8 @@ def test_log_int_with_step_is_keras_tuners_geometric_grid():
 def test_unknown_pruner_and_gp_without_torch_are_clear_errors():
     from search.errors import SearchError
 
-    with pytest.raises(SearchError, match="is not a pruner"):
-        optuna_oracle.make_pruner("medain", 10, {})
+    with pytest.raises(SearchError, match="is not a pruner. Did you mean 'median'"):
+        Search(algorithm="tpe", options={"pruner": "medain"})
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -85,37 +87,31 @@ def test_unknown_pruner_and_gp_without_torch_are_clear_errors():
             optuna_oracle.make_sampler("gp", 0, 10, {})
 
 
-# Pruning, driven through the oracle and its Keras callback without training ------------
-class _Model:
-    stop_training = False
-
-
-def run_fake_trial(oracle: OptunaOracle, curve: list[float]) -> TrialResult:
-    trial = oracle.create_trial("tuner0")
-    callback = oracle.keras_callbacks(trial.trial_id)[0]
-    callback.set_model(_Model())
+# Pruning, driven through the Optuna source as the search loop drives it, without training --
+def run_fake_trial(source: OptunaSource, curve: list[float]) -> TrialResult:
+    asked = source.ask()
+    assert asked is not None
     history: list[float] = []
+    pruned = False
     for epoch, value in enumerate(curve):
         history.append(value)
-        callback.on_epoch_end(epoch, {"val_accuracy": value})
-        if callback.model.stop_training:
+        if source.report(asked.trial_id, epoch, {"val_accuracy": value}):
+            pruned = True
             break
-    result = TrialResult(status=oracle.trial_status(trial.trial_id) or COMPLETED, history={"val_accuracy": history},
+    result = TrialResult(status=PRUNED if pruned else COMPLETED, history={"val_accuracy": history},
                          epochs_run=len(history), seconds=1.0, best={"val_accuracy": max(history)})
-    oracle.record_result(trial.trial_id, result)
-    oracle.update_trial(trial.trial_id, result.best)
-    trial.status = kt.engine.trial.TrialStatus.COMPLETED
-    oracle.end_trial(trial)
+    source.tell(asked.trial_id, result)
     return result
 
 
 def test_median_pruner_stops_the_clearly_worse_trials(tmp_path):
     search = Search(algorithm="tpe", max_trials=8, epochs=6, options={"pruner": "median"})
-    oracle = OptunaOracle(search, 0, objective=kt.Objective("val_accuracy", "max"))
-    oracle._set_project_dir(str(tmp_path / "fake"), oracle.tuner_project)
+    source = OptunaSource(search, 0)
+    oracle = source.oracle
+    oracle.open(tmp_path / "fake")
     good = [0.5, 0.6, 0.7, 0.75, 0.8, 0.82]
     bad = [0.1, 0.1, 0.11, 0.11, 0.12, 0.12]
-    results = [run_fake_trial(oracle, curve) for curve in [good, good, good, bad, good, bad, bad, good]]
+    results = [run_fake_trial(source, curve) for curve in [good, good, good, bad, good, bad, bad, good]]
     statuses = [r.status for r in results]
     assert statuses == [COMPLETED, COMPLETED, COMPLETED, PRUNED, COMPLETED, PRUNED, PRUNED, COMPLETED]
     # Stopped right after the warm-up steps: the epochs they used are recorded.
@@ -123,6 +119,8 @@ def test_median_pruner_stops_the_clearly_worse_trials(tmp_path):
     states = [t.state for t in oracle.study.get_trials()]
     assert states.count(TrialState.PRUNED) == 3 and states.count(TrialState.COMPLETE) == 5
     assert (tmp_path / "fake" / "optuna.journal").is_file()
+    assert source.ask() is None and source.finished() == 8
+    source.close()
 
 
 # Dead workers -----------------------------------------------------------------------------
@@ -136,7 +134,7 @@ def _foreign(trial: optuna.Trial, beat: float) -> None:
 def test_a_trial_whose_worker_stopped_beating_is_failed_and_queued_again(tmp_path):
     search = Search(algorithm="tpe", max_trials=3, options={"heartbeat_interval": 1, "grace_period": 5})
     oracle = OptunaOracle(search, 0, objective=kt.Objective("val_accuracy", "max"))
-    oracle._set_project_dir(str(tmp_path / "fake"), oracle.tuner_project)
+    oracle.open(tmp_path / "fake")
     study = oracle.study
     silent, alive = study.ask(), study.ask()
     _foreign(silent, time.time() - 60)
@@ -161,7 +159,7 @@ def test_a_dead_workers_trial_failed_by_a_worker_that_died_too_is_queued_once_by
 
     def oracle_of(folder: str) -> OptunaOracle:
         made = OptunaOracle(search, 0, objective=kt.Objective("val_accuracy", "max"))
-        made._set_project_dir(str(tmp_path / folder), made.tuner_project)
+        made.open(tmp_path / folder)
         return made
 
     first = oracle_of("fake")
@@ -197,7 +195,7 @@ def test_a_trial_whose_worker_died_before_saying_who_it_is_is_queued_again_by_it
     waited for it for ever. Its age now stands in for the missing heartbeat."""
     search = Search(algorithm="tpe", max_trials=3, options={"heartbeat_interval": 1, "grace_period": 1})
     oracle = OptunaOracle(search, 0, objective=kt.Objective("val_accuracy", "max"))
-    oracle._set_project_dir(str(tmp_path / "fake"), oracle.tuner_project)
+    oracle.open(tmp_path / "fake")
     study = oracle.study
     nameless, silent = study.ask(), study.ask()
     silent.set_user_attr("worker", {"host": "another-machine", "pid": 4242, "started": "1",
@@ -218,7 +216,7 @@ def test_a_live_worker_is_never_failed_however_late_its_heartbeat(tmp_path):
 
     search = Search(algorithm="tpe", max_trials=3, options={"heartbeat_interval": 1, "grace_period": 2})
     oracle = OptunaOracle(search, 0, objective=kt.Objective("val_accuracy", "max"))
-    oracle._set_project_dir(str(tmp_path / "fake"), oracle.tuner_project)
+    oracle.open(tmp_path / "fake")
     late = oracle.study.ask()
     late.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
     # The parent of this test is alive, on this machine: its heartbeat an hour old means nothing.
@@ -233,7 +231,7 @@ def test_a_live_worker_is_never_failed_however_late_its_heartbeat(tmp_path):
 def test_a_trial_recorded_before_its_worker_died_is_told_its_result_not_run_again(tmp_path):
     search = Search(algorithm="tpe", max_trials=2)
     oracle = OptunaOracle(search, 0, objective=kt.Objective("val_accuracy", "max"))
-    oracle._set_project_dir(str(tmp_path / "fake"), oracle.tuner_project)
+    oracle.open(tmp_path / "fake")
     dead = oracle.study.ask()
     _foreign(dead, time.time() - 3600)
     record = tmp_path / "fake" / "trials" / "0000" / "result.json"

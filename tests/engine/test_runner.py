@@ -16,7 +16,7 @@ from conftest import DIGITS, TINY, cli
 
 from search import run
 from search.engine import runner
-from search.engine.hooks import COMPLETED, FAILED, KILLED
+from search.core.status import COMPLETED, FAILED, KILLED
 from search.errors import SearchError
 from search.models import build
 from search.runs.layout import SpaceDir
@@ -261,7 +261,7 @@ def test_fresh_with_a_shared_storage_deletes_that_study_or_refuses_while_a_worke
                                                                                        capsys):
     import optuna
 
-    from search.engine.optuna_oracle import open_storage
+    from search.engine.optuna_storage import open_storage
 
     journal = tmp_path / "shared.journal"
     args = [str(TINY), "--data", str(digits_folders), "--algorithm", "tpe", "--storage", str(journal),

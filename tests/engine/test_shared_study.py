@@ -10,7 +10,7 @@ from search.engine.optuna_oracle import OptunaOracle
 
 def _oracle(folder) -> OptunaOracle:  # noqa: ANN001 - a path
     oracle = OptunaOracle(Search(algorithm="tpe", max_trials=4), 0, objective=kt.Objective("val_accuracy", "max"))
-    oracle._set_project_dir(str(folder), oracle.tuner_project)
+    oracle.open(folder)
     oracle.hyperparameters.Float("learning_rate", 1e-5, 1e-1, sampling="log")
     oracle.hyperparameters.Int("units", 8, 512)
     return oracle

@@ -34,7 +34,8 @@ def check_optuna(folder: SpaceDir, max_trials: int, study_name: str = "tiny", st
     import optuna
     from optuna.trial import TrialState
 
-    from search.engine.optuna_oracle import counted, open_storage
+    from search.engine.optuna_storage import open_storage
+    from search.engine.reaper import counted
 
     study = optuna.load_study(study_name=study_name, storage=storage or open_storage(None, folder.path))
     trials = study.get_trials()

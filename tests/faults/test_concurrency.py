@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from search import run
-from search.engine.optuna_oracle import open_storage
+from search.engine.optuna_storage import open_storage
 from search.runs.layout import SpaceDir
 from search.runs.locks import FolderLock
 

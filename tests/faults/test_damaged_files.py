@@ -102,9 +102,9 @@ def test_a_journal_of_garbage_is_kept_aside_and_the_study_rebuilt_from_the_recor
     folder.journal.write_bytes(garbage)
     capsys.readouterr()
     assert search(tmp_path, digits_folders, "--algorithm", "tpe") == 0
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     assert "Traceback" not in err and "cannot be read as an Optuna journal" in err
-    assert "rebuilt from 2 trial record(s)" in out
+    assert "did not know 2 trial(s) recorded" in err
     kept = list(folder.path.glob("optuna.journal.damaged-*"))
     assert len(kept) == 1 and kept[0].read_bytes() == garbage
     assert {p: t for p, t in mtimes(folder).items() if p in before} == before  # nothing run again
@@ -122,3 +122,76 @@ def test_best_model_left_on_a_worse_trial_is_put_right_on_the_next_start(half_do
     assert search(tmp_path, digits_folders, max_trials=2) == 0
     assert json.loads(half_done.best_record.read_text())["trial_id"] == better["trial_id"]
     assert half_done.best_model.read_bytes() == half_done.trial(better["trial_id"]).model.read_bytes()
+
+
+def test_a_resume_with_a_mistyped_option_is_one_line_moves_nothing_and_the_next_runs_no_trial_again(
+        half_done, tmp_path, digits_folders, capsys):
+    def files() -> dict[Path, bytes]:
+        return {p: p.read_bytes() for p in sorted(half_done.path.rglob("*")) if p.is_file() and "lock" not in p.name}
+
+    before = files()
+    recorded = {p: data for p, data in before.items() if p.name == "result.json"}
+    capsys.readouterr()
+    assert search(tmp_path, digits_folders, "--set", "options={'factr': 3}") == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and "'factr'" in errors[0] and "Traceback" not in errors[0]
+    assert files() == before  # nothing moved aside, nothing rewritten
+    assert search(tmp_path, digits_folders) == 0
+    assert {p: p.read_bytes() for p in recorded} == recorded  # no recorded trial ran again
+    check_keras_tuner(half_done, MAX_TRIALS)
+
+
+def test_a_lost_keras_tuner_state_is_rebuilt_from_the_records(half_done, tmp_path, digits_folders, capsys):
+    import shutil
+
+    recorded = {p: p.read_bytes() for p in half_done.trials.glob("*/result.json")}
+    shutil.rmtree(half_done.tuner)
+    assert search(tmp_path, digits_folders) == 0
+    assert "did not know 2 trial(s) recorded" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in recorded} == recorded
+    check_keras_tuner(half_done, MAX_TRIALS)
+
+
+def test_a_torn_record_costs_no_row_of_trials_csv(half_done, tmp_path, digits_folders, caplog):
+    import pandas as pd
+
+    before = pd.read_csv(half_done.trials_csv, dtype={"trial_id": str})
+    assert list(before["trial_id"]) == ["0", "1"]
+    record = half_done.trial("0").record
+    record.write_bytes(record.read_bytes()[:50])
+    assert search(tmp_path, digits_folders) == 0
+    assert "trials/0/result.json cannot be read" in caplog.text
+    after = pd.read_csv(half_done.trials_csv, dtype={"trial_id": str})
+    assert list(after["trial_id"]) == ["0", "1", "2"]  # trial 0's row kept from the trials.csv it had
+    pd.testing.assert_frame_equal(after.iloc[:2][before.columns], before, check_dtype=False)
+    assert record.read_bytes() == record.read_bytes()[:50]  # left as it was, for the user to see
+
+
+def test_a_search_whose_only_record_is_torn_keeps_its_row_and_header(tmp_path, digits_folders):
+    import pandas as pd
+
+    assert search(tmp_path, digits_folders, max_trials=1) == 0
+    folder = SpaceDir(tmp_path / "tiny")
+    before = pd.read_csv(folder.trials_csv, dtype={"trial_id": str})
+    record = folder.trial("0").record
+    record.write_bytes(record.read_bytes()[:50])
+    assert search(tmp_path, digits_folders, max_trials=1) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(folder.trials_csv, dtype={"trial_id": str}), before)
+
+
+def test_a_lost_optuna_journal_is_rebuilt_from_the_records(tmp_path, digits_folders, capsys):
+    import optuna
+
+    assert search(tmp_path, digits_folders, "--algorithm", "tpe", max_trials=2) == 0
+    folder = SpaceDir(tmp_path / "tiny")
+    recorded = {p: p.read_bytes() for p in folder.trials.glob("*/result.json")}
+    assert len(recorded) == 2
+    folder.journal.unlink()
+    assert search(tmp_path, digits_folders, "--algorithm", "tpe") == 0
+    assert "did not know 2 trial(s) recorded" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in recorded} == recorded  # no recorded trial ran again
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder.journal)))
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    assert [t.user_attrs["kt_trial_id"] for t in trials] == ["0000", "0001", "0002"]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    check_optuna(folder, MAX_TRIALS)

@@ -11,7 +11,7 @@ from fakes import RecordWriter, result, search_info, trial
 
 from search import report
 from search.tracking import tracker as tracking
-from search.engine.hooks import COMPLETED, FAILED
+from search.core.status import COMPLETED, FAILED
 from search.tracking.config import TrackingConfig
 
 

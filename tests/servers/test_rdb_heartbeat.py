@@ -21,7 +21,7 @@ def _oracle(url: str, folder) -> OptunaOracle:  # noqa: ANN001 - a path
     search = Search(algorithm="tpe", max_trials=2, options={"storage": url, "heartbeat_interval": 1,
                                                              "grace_period": 2})
     oracle = OptunaOracle(search, 0, objective=kt.Objective("val_accuracy", "max"))
-    oracle._set_project_dir(str(folder), oracle.tuner_project)
+    oracle.open(folder)
     oracle.hyperparameters.Float("learning_rate", 1e-4, 1e-2, sampling="log")
     return oracle
 

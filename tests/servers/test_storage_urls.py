@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TINY, cli
 
-from search.engine.optuna_oracle import open_storage
+from search.engine.optuna_storage import open_storage
 from search.errors import SearchError
 
 

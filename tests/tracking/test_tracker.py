@@ -15,7 +15,7 @@ from fakes import result, search_info, trial
 from search import run
 from search.tracking import tracker as tracking
 from search.errors import SearchError
-from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED
+from search.core.status import COMPLETED, FAILED, KILLED, PRUNED, TrialStatus
 from search.tracking.config import TrackingConfig, load_config
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
@@ -91,7 +91,7 @@ def test_each_trial_run_has_params_metric_history_artifacts_and_status(first):
         plots = {a.path for a in client.list_artifacts(trial_run.info.run_id, "plots")}
         assert plots == {"plots/learning_curves.png", "plots/lr_schedule.png", "plots/confusion_matrix.png"}
         assert trial_run.data.tags["status"] == record["status"]
-        assert trial_run.info.status == tracking.RUN_STATUS[record["status"]]
+        assert trial_run.info.status == TrialStatus(record["status"]).mlflow
         # What another machine needs to use the trial in the study's ensemble and report.
         files = {a.path for a in client.list_artifacts(trial_run.info.run_id, "trial")}
         assert files == {"trial/result.json", "trial/val_probabilities.npy", "trial/model.keras", "trial/val_labels.npy"}

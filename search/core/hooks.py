@@ -11,21 +11,17 @@ import dataclasses
 import logging
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from search.hparams import TrialConfig
+from search.core.status import TrialStatus
+
+if TYPE_CHECKING:
+    from search.hparams import TrialConfig
 
 log = logging.getLogger("search")
 
 # How tables name a trial of a space's own build_model where others name their backbone.
 OWN_MODEL = "build_model"
-
-# Trial statuses as MLflow and trials.csv spell them (a search also ends STOPPED by its time budget).
-STOPPED = "STOPPED"
-COMPLETED = "COMPLETED"
-FAILED = "FAILED"
-KILLED = "KILLED"
-PRUNED = "PRUNED"
 
 
 @dataclasses.dataclass
@@ -64,7 +60,7 @@ class TrialInfo:
 
 @dataclasses.dataclass
 class TrialResult:
-    status: str
+    status: TrialStatus
     history: dict[str, list[float]]  # per epoch: loss, accuracy, val_loss, val_accuracy, learning_rate
     epochs_run: int
     seconds: float
@@ -76,6 +72,9 @@ class TrialResult:
     train_images: int = 0
     error: str | None = None
     note: str | None = None  # e.g. "stopped at the time budget"
+
+    def __post_init__(self) -> None:
+        self.status = TrialStatus(self.status)  # a record's word, or a typo, fails here
 
     @property
     def seconds_per_epoch(self) -> float | None:
@@ -103,8 +102,9 @@ class SearchHooks:
         """A shared study took trial `trial_id`'s worker (another process, maybe on another
         machine) for dead: that worker will never end what it had open for the trial."""
 
-    def on_search_end(self, search: SearchInfo, status: str) -> None:
-        """`status` is COMPLETED, FAILED (the search stopped on errors) or KILLED."""
+    def on_search_end(self, search: SearchInfo, status: TrialStatus) -> None:
+        """`status` is COMPLETED, STOPPED (by its time budget), FAILED (the search stopped on
+        errors) or KILLED."""
 
     def on_search_pause(self, search: SearchInfo) -> None:
         """This process stops here and a fresh one resumes the search (`trials_per_process`):

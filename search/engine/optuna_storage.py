@@ -1,0 +1,143 @@
+"""Where an Optuna study lives: a journal file or a database many workers share, opened and
+called with retries for the errors a shared storage gives for a moment."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+import tenacity
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from search.errors import SearchError
+from search.redaction import redact
+from search.runs.layout import SpaceDir
+
+T = TypeVar("T")
+
+# Storage errors worth a retry: a lost connection, a lock, a race creating tables.
+_RETRIES = 5
+# The Python driver each RDB URL form needs, and the package that provides it.
+DRIVERS = {
+    "postgresql": ("psycopg", "psycopg[binary]"),
+    "postgresql+psycopg": ("psycopg", "psycopg[binary]"),
+    "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
+    "mysql": ("MySQLdb", "mysqlclient"),
+    "mysql+pymysql": ("pymysql", "pymysql"),
+}
+
+
+def call_with_retries(call: Callable[[], T]) -> T:
+    """A storage call, retried on the errors a shared database or file can give for a moment
+    (a lost connection, a lock timeout, a full disk): never on Optuna's answers (a trial
+    another worker ended, a value or key it refuses)."""
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(_RETRIES + 1),
+        wait=tenacity.wait_exponential(multiplier=0.2) + tenacity.wait_random(0, 0.2),
+        retry=tenacity.retry_if_not_exception_type((optuna.exceptions.UpdateFinishedTrialError, ValueError, KeyError)),
+        reraise=True,
+    )
+    return retrying(call)
+
+
+def _driver_missing(url: str, error: BaseException) -> SearchError | None:
+    """One line naming the package to install, for the ImportError of a missing database driver."""
+    scheme = url.split("://", 1)[0].lower()
+    # Optuna wraps SQLAlchemy's ImportError in one of its own that names no module.
+    cause: BaseException | None = error
+    while cause is not None and not getattr(cause, "name", None):
+        cause = cause.__cause__
+    missing = str(getattr(cause, "name", "") or "")
+    if not isinstance(error, ImportError) or not missing:
+        return None
+    module, package = DRIVERS.get(scheme, (missing, None))
+    if module.split(".")[0] != missing.split(".")[0]:
+        return None
+    if package is None:
+        return SearchError(f"--storage {redact(url)}: the {scheme} driver is not installed (no module {missing!r}): "
+                           f"pip install the package that provides {missing}.")
+    other = " (or write postgresql+psycopg2://... with psycopg2-binary)" if scheme == "postgresql" else ""
+    return SearchError(f"--storage {redact(url)}: the {scheme} driver is not installed: pip install '{package}'{other}.")
+
+
+def open_storage(url: str | None, space_dir: Path, *, heartbeat_interval: float = 30,
+                 grace_period: float = 120) -> optuna.storages.BaseStorage:
+    """An RDB URL (postgresql://, mysql://, sqlite:///) or a journal file path; None: the space's journal.
+
+    Workers that start at once on an empty database race to create Optuna's tables; the
+    loser's error is retried, so every worker starts."""
+    if not (url and "://" in url):
+        from search.engine import journal
+
+        path = Path(url) if url else SpaceDir(space_dir).journal
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return journal.open_journal(path, repair_torn_tail=_repair_torn_tail)
+    import sqlalchemy
+
+    options: dict[str, Any] = {}
+    if not url.startswith("sqlite"):
+        options = {"engine_kwargs": {"pool_pre_ping": True}, "heartbeat_interval": max(1, round(heartbeat_interval)),
+                   "grace_period": max(1, round(grace_period)),
+                   "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback()}
+    def racing(e: BaseException) -> bool:
+        """Workers creating the tables at once: the loser's error passes when retried."""
+        return isinstance(e, sqlalchemy.exc.IntegrityError) or (
+            isinstance(e, (sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError))
+            and ("already exists" in str(e) or "locked" in str(e)))
+
+    retrying = tenacity.Retrying(stop=tenacity.stop_after_attempt(_RETRIES + 1),
+                                 wait=tenacity.wait_incrementing(start=0.3, increment=0.3) + tenacity.wait_random(-0.2, 0.2),
+                                 retry=tenacity.retry_if_exception(racing), reraise=True)
+    try:
+        return retrying(optuna.storages.RDBStorage, url, **options)
+    except ImportError as e:
+        raise (_driver_missing(url, e) or e) from None
+    except sqlalchemy.exc.ArgumentError as e:
+        raise SearchError(f"--storage {redact(url)} is not a database URL SQLAlchemy knows ({e}); e.g. "
+                          "postgresql://user:PASSWORD@host/db, or a journal file path.") from None
+    except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as e:
+        first = (str(getattr(e, "orig", e)).strip().splitlines() or [""])[0]
+        raise SearchError(f"cannot open the Optuna storage {redact(url)}: {redact(first)}") from None
+
+
+def _repair_torn_tail(path: Path) -> None:
+    """Cut a journal's last line when a write was cut short (a full disk, a power loss).
+
+    Optuna skips such a line while reading but appends the next record right after it, which
+    makes one line of two halves that no later read can parse: the whole study is then lost.
+    The torn bytes are kept beside the journal; done under the journal's own lock, so no
+    worker is appending at that moment."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        if f.read(1) == b"\n":
+            return
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        if cut == len(data):
+            return  # another worker repaired it first
+        torn = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+        torn.write_bytes(data[cut:])
+        with path.open("r+b") as f:
+            f.truncate(cut)
+            os.fsync(f.fileno())
+    finally:
+        lock.release()
+    print(f"warning: the last line of {path} was cut short by an interrupted write; it is kept in {torn.name} "
+          "and the study goes on from the lines before it.", file=sys.stderr, flush=True)
+
+
+def storage_for_children(url: str | None, space_dir: Path) -> str:
+    """What the heartbeat process and claims open: the URL, or the journal file's path."""
+    return url if url and "://" in url else str(Path(url) if url else SpaceDir(space_dir).journal)
