@@ -122,17 +122,26 @@ class Postgres:
                                               "immediate", "-w", "stop"])
         for attempt in range(3):  # a free port can be taken between choosing it and binding it
             self.port = free_port()
-            options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} {FAST}"
             try:
-                self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
-                          "-w", "-t", "60", "-o", options, "start")
-                self._started = True
+                self.up()
                 return self
             except Unavailable:
                 if attempt == 2:
                     log = (self.root / "server.log")
                     raise Unavailable(f"PostgreSQL did not start: {log.read_text()[-500:] if log.exists() else ''}")
         raise AssertionError("unreachable")
+
+    def up(self) -> None:
+        """Start the server on its port (again, after `down`)."""
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} {FAST}"
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
+                  "-w", "-t", "60", "-o", options, "start")
+        self._started = True
+
+    def down(self) -> None:
+        """Stop the server as an administrator's restart does (`-m fast`: every connection is cut)."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self._started = False
 
     def url(self, database: str, scheme: str = "postgresql") -> str:
         return f"{scheme}://postgres@127.0.0.1:{self.port}/{database}"
