@@ -6,7 +6,9 @@ and a fresh SQLite store runs its schema migrations on first use, racing any oth
 that starts at the same instant ("duplicate column name"); `connect` checks the server
 first, with a short timeout, and migrates a SQLite store under a file lock. `Retrying`
 repeats a call that failed for a moment (a locked SQLite file, a dropped connection, a tag
-that another process inserted first).
+that another process inserted first), with tenacity's exponential backoff and jitter; a
+server that is gone (its health check does not answer) is not retried: the tracker then
+says "tracking lost" at once and sends what was missed when it is back (tracker.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -48,25 +49,22 @@ def _transient(error: BaseException) -> bool:
 class Retrying:
     """An MlflowClient whose calls are repeated, with backoff, when they fail for a moment."""
 
-    def __init__(self, client: Any):
-        self._client = client
+    def __init__(self, client: Any, uri: str = ""):
+        self._client, self._uri = client, uri
+
+    def _worth_retrying(self, error: BaseException) -> bool:
+        return _transient(error) and not unreachable(self._uri, timeout=2.0)
 
     def __getattr__(self, name: str) -> Any:
+        import tenacity
+
         method = getattr(self._client, name)
         if not callable(method):
             return method
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            for attempt in range(RETRIES + 1):
-                try:
-                    return method(*args, **kwargs)
-                except Exception as e:  # noqa: BLE001 - sorted below
-                    if attempt == RETRIES or not _transient(e):
-                        raise
-                    time.sleep(0.2 * 2**attempt + random.uniform(0, 0.3))
-            raise AssertionError("unreachable")
-
-        return call
+        return tenacity.retry(
+            stop=tenacity.stop_after_attempt(RETRIES + 1),
+            wait=tenacity.wait_exponential(multiplier=0.2) + tenacity.wait_random(0, 0.3),
+            retry=tenacity.retry_if_exception(self._worth_retrying), reraise=True)(method)
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -109,7 +107,7 @@ def connect(uri: str) -> Retrying:
     except Exception as e:  # noqa: BLE001 - whatever the store says, in one line
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise Unavailable(f"cannot open the tracking store {redact(uri)}: {type(e).__name__}: {redact(first)}") from None
-    return Retrying(client)
+    return Retrying(client, uri)
 
 
 def _create_sqlite_store(database: Path) -> None:

@@ -125,7 +125,8 @@ def test_unreachable_server_warns_once_and_the_search_finishes(tmp_path, digits_
     err = capsys.readouterr().err
     assert code == 0
     assert (tmp_path / "tiny" / "trials.csv").exists()
-    assert err.count("MLflow tracking is off") == 1 and "cannot reach the tracking server" in err
+    assert err.count("MLflow tracking lost") == 1 and "cannot reach the tracking server" in err
+    assert "tracking back" not in err and "waiting" not in err  # a store never reached is not waited for
     assert not (tmp_path / "tiny" / "mlflow.json").exists()
     assert time.monotonic() - started < 120
 
@@ -152,7 +153,7 @@ def test_statuses_killed_failed_pruned_and_stale_runs(begun):
         tracker.on_trial_end(search, info, result(info, status))
         ended[info.trial_id] = status
     tracker.on_trial_begin(search, trial(search, 5))  # a trial the process dies in
-    assert tracker.enabled
+    assert not tracker.lost
     tracker._beating.set()
     tracking._OPEN.clear()  # as if this process were gone: nothing here holds its runs open any more
     # A new start of the same search: same parent, the dead trial's run is marked KILLED.
@@ -185,7 +186,7 @@ def test_trial_plots_are_logged_before_the_process_recycles(begun):
     tracker.on_epoch_end(search, info, 0, {"loss": 1.0, "val_accuracy": 0.5})
     tracker.on_trial_end(search, info, result(info, COMPLETED))
     tracker.on_search_pause(search)
-    assert not tracker._in_flight and tracker.enabled
+    assert not tracker._in_flight and not tracker.lost
     _, trials = runs_of(client)
     logged = {a.path for a in client.list_artifacts(trials[0].info.run_id, "plots")}
     assert {"plots/learning_curves.png", "plots/lr_schedule.png"} <= logged
@@ -281,7 +282,7 @@ def test_three_trackers_starting_at_once_on_a_fresh_store_all_track(tmp_path):
         "from search.tracking.config import TrackingConfig;"
         "t = tracker.MlflowTracker(TrackingConfig(log_models='none'));"
         f"t.on_search_begin(search_info(Path({str(tmp_path)!r}) / sys.argv[1], 'fake'));"
-        "print('enabled' if t.enabled else 'disabled', t.experiment_id)"
+        "print('enabled' if not t.lost else 'disabled', t.experiment_id)"
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONPATH": str(REPO)}
     workers = [subprocess.Popen([sys.executable, "-c", script, f"w{i}"], env=env, cwd=REPO, stdout=subprocess.PIPE,
