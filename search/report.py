@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_saved_search()
     p.add_argument("--top", type=int, default=10, metavar="N", help="leaderboard rows to print (default: 10)")
     p.add_argument("--no-mlflow", action="store_true", help="do not attach the report to the MLflow run")
+    p.add_argument("--storage", metavar="URL",
+                   help="a shared study's storage, when its URL holds a password (search.json hides it): "
+                        "the report checks the study for trials missing here")
     return p
 
 
@@ -55,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from search.runs.saved import locate
 
         saved = locate(args.space, Path(args.runs_dir))
-        gathered = study.gather(saved)
+        gathered = study.gather(saved, storage=args.storage)
         if not gathered.records:
             raise SearchError(f"no trial of {saved.name!r} has ended yet in {saved.folder.trials}; run or resume "
                               "`python -m search.run` first.")

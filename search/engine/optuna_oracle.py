@@ -595,6 +595,11 @@ class OptunaOracle(kt.Oracle):
         super().end_trial(trial)
 
     def _tell(self, asked: optuna.Trial, trial: kt.engine.trial.Trial, result: TrialResult | None) -> None:
+        from search.results import study  # the record's summary, kept in the study (results sits above engine)
+
+        kept = study.summary_of(self.folder.trial(trial.trial_id)) if self.folder is not None else None
+        if kept is not None:
+            self._storage_call(lambda: asked.set_user_attr(study.RECORD_ATTR, kept))
         if trial.trial_id in self._pruned:
             self._storage_call(lambda: self.study.tell(asked, state=TrialState.PRUNED))
             return
