@@ -59,11 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         saved = locate(args.space, Path(args.runs_dir))
         gathered = study.gather(saved, storage=args.storage)
-        if not gathered.records:
+        if not gathered.listed:
             raise SearchError(f"no trial of {saved.name!r} has ended yet in {saved.folder.trials}; run or resume "
                               "`python -m search.run` first.")
         objective = saved.objective
-        plain = trials_table(gathered.records)
+        plain = trials_table(gathered.listed)
         table = ranked(plain, objective)
     except SearchError as e:
         return fail(e)
@@ -86,12 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in gathered.notes:
         print(f"note: {note}")
     written = [folder.leaderboard, plot]
-    found = importance.write(gathered.records, folder, objective)
+    found = importance.write(gathered.listed, folder, objective)
     if found is not None:
         print(f"\nWhich hyperparameters mattered ({found.method}, {found.trials} completed trials):")
         print(found.table.to_string(index=False))
         written += found.files
-    written += write_pareto(folder.path, gathered.records)
+    written += write_pareto(folder.path, gathered.listed)
     print(f"Wrote {', '.join(str(p) for p in written)}")
     if not args.no_mlflow:
         from search.tracking.client import attach

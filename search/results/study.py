@@ -113,6 +113,13 @@ class Gathered:
     labels: np.ndarray
     records: list[dict[str, Any]]  # every record (finished or not), local and fetched
     notes: list[str]
+    # Summaries of the study's finished trials found nowhere else (no files: listed, never ensembled).
+    summarised: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def listed(self) -> list[dict[str, Any]]:
+        """Every trial the leaderboard and the Pareto front show: the records, then the study's summaries."""
+        return self.records + self.summarised
 
     @property
     def fetched(self) -> int:
@@ -222,11 +229,11 @@ def gather(saved: SavedSearch, *, fetch: bool = True, storage: str | None = None
         if record is not None:
             everything.append(record)
             sources.append((directory, record, FETCHED))
-    everything += _missing(in_study, {r["trial_id"] for r in everything}, saved.record.get("study"), notes)
+    summarised = _missing(in_study, {r["trial_id"] for r in everything}, saved.record.get("study"), notes)
     if labels is None:
         if any(r["status"] in FINISHED for r in everything):
             notes.append(f"{folder.val_labels} is missing or damaged; run `python -m search.run` again to rewrite it")
-        return Gathered({}, np.zeros(0, np.int32), everything, notes)
+        return Gathered({}, np.zeros(0, np.int32), everything, notes, summarised)
     digest = _digest(labels)
     for directory, record, source in sources:
         if record["status"] != "COMPLETED":
@@ -256,7 +263,7 @@ def gather(saved: SavedSearch, *, fetch: bool = True, storage: str | None = None
     if fetched:
         notes.append(f"{fetched} of the {len(trials)} trials ran on other workers of study "
                      f"{saved.record.get('study')!r} and were fetched from the tracking store")
-    return Gathered(trials, labels, everything, notes)
+    return Gathered(trials, labels, everything, notes, summarised)
 
 
 def _missing(in_study: list[StudyTrial] | None, have: set[str], name: Any, notes: list[str]) -> list[dict[str, Any]]:

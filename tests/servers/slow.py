@@ -1,4 +1,4 @@
-"""The tiny space with trials that take TRIAL_SECONDS (default 10 s) each, sleeping (the
+"""The tiny space with trials that take TRIAL_SECONDS (default 16 s) each, sleeping (the
 interpreter lock free) before their one epoch, and every worker posing as a machine of its
 own (a process-id namespace of its own): the others can tell it is alive by its heartbeat
 alone. For the tests that restart the study's database while workers start and train."""
@@ -11,11 +11,11 @@ import keras
 from search import Data, Search
 from search.runs import workers
 
-TRIAL_SECONDS = float(os.environ.get("TRIAL_SECONDS", "10"))
+TRIAL_SECONDS = float(os.environ.get("TRIAL_SECONDS", "16"))
 
 data = Data("builtin:digits")  # the tests pass --data with a smaller folder of real digits
 search = Search(algorithm="tpe", max_trials=6, epochs=1, steps_per_epoch=2,
-                options={"heartbeat_interval": 1, "grace_period": 8})
+                options={"heartbeat_interval": 1, "grace_period": 12})
 
 _elsewhere = f"machine-of-{os.getpid()}"
 workers._namespace = lambda: _elsewhere

@@ -5,6 +5,7 @@ beat for the grace period, or a worker on another machine takes it for dead and 
 from __future__ import annotations
 
 import collections
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from search.engine.heartbeat import Heartbeat
 from servers.clusters import Postgres, Unavailable
 
 SLOW = Path(__file__).with_name("slow.py")
-GRACE = 8.0  # slow.py's grace period; its heartbeat interval is 1 s
+GRACE = 12.0  # slow.py's grace period; its heartbeat interval is 1 s
 DOWN = 2.0  # seconds the database stays down in each restart
 
 
@@ -107,18 +108,27 @@ class Beats:
         self.engine.dispose()
 
 
+def _training(outputs: list[Path]) -> tuple[int, int]:
+    """(trials begun, trials training) by the workers writing `outputs`, from their console lines."""
+    lines = [line for path in outputs if path.exists() for line in path.read_text().splitlines()]
+    begun = sum(bool(re.match(r"Trial \d+ \(", line)) for line in lines)
+    return begun, begun - sum(bool(re.match(r"Trial \d+ (COMPLETED|FAILED|PRUNED)", line)) for line in lines)
+
+
 def test_the_database_restarted_as_workers_start_and_as_they_train(zygote, cluster, digits_folders, tmp_path):
     url = cluster.database("study")
     command = [str(SLOW), "--data", str(digits_folders), "--storage", url, "--quiet", "--no-tracking", "--no-ensemble"]
     jobs = [zygote.start("run", *command, "--runs-dir", str(tmp_path / f"machine{i}")) for i in (1, 2, 3)]
+    outputs = [zygote.folder / f"job-{job.id}.stdout" for job in jobs]
     beats = Beats(url)
     try:
-        # Each restart as the three workers' trials have just started: their heartbeat processes
-        # are starting (first round) or beating (second round), their trials training.
-        for first in (0, 3):
+        # Each restart as all three workers have just begun a trial (their heartbeat processes
+        # starting, in the first round) and none is asking the study for one: the worker's own
+        # storage calls are not what this test is about.
+        for begun in (3, 6):
             deadline = time.monotonic() + 300
-            while len([n for n in beats.running() if n >= first]) < 3:
-                assert time.monotonic() < deadline, beats.running()
+            while _training(outputs) != (begun, 3) or len(beats.running()) != 3:
+                assert time.monotonic() < deadline and not any(j.ended.done() for j in jobs), _training(outputs)
                 time.sleep(0.1)
             _restart(cluster)
         ended = [job.result(timeout=600) for job in jobs]
