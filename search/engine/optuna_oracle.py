@@ -5,8 +5,8 @@ so space files, the tuner and every hook stay as they are. The study lives in a 
 many workers can share: by default a journal file `runs/<space>/optuna.journal`, or any
 `--storage URL`. A trial's id is its study trial number (zero-padded), unique across workers.
 
-Workers that die: each running trial carries its worker (`search.runs.workers.Worker`) and
-a heartbeat, beaten by a process of its own (`search.engine.heartbeat`): Optuna's heartbeat
+Workers that die: each running trial carries its worker (`search.liveness.workers.Worker`) and
+a heartbeat, beaten by a process of its own (`search.liveness.heartbeat`): Optuna's heartbeat
 on an RDB storage, a user attribute on the journal. A running trial is failed and queued
 again with the same values (Optuna's `RetryHeartbeatStaleTrialCallback`) by whichever
 worker sees first that its worker is dead (its process is gone, where process ids can be
@@ -37,12 +37,13 @@ from optuna.trial import TrialState
 from search import compat
 from search.declare import Search
 from search.engine import interrupts
-from search.engine.claims import Claims
-from search.engine.heartbeat import Heartbeat
+from search.liveness.claims import Claims
+from search.liveness.heartbeat import Heartbeat
 from search.engine.hooks import PRUNED, TrialResult
 from search.errors import SearchError
 from search.redaction import redact
-from search.runs import faults, workers
+from search.liveness import workers
+from search.runs import faults
 from search.runs.layout import SpaceDir
 
 PRUNERS = ("median", "hyperband", "successive_halving", "none")
@@ -52,7 +53,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # on every trial helps no one.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 # Optuna warns on every `ask` from an RDB storage with a heartbeat outside `Study.optimize`;
-# here the heartbeat is beaten by search.engine.heartbeat instead of optimize's thread.
+# here the heartbeat is beaten by search.liveness.heartbeat instead of optimize's thread.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 # The user attribute that marks a trial failed because its worker died: {"trial": its number,
 # "why": how that was seen}. Such a trial is owed a retry with the same values. The number

@@ -280,6 +280,9 @@ def _print(summary: dict[str, Any]) -> None:
     if summary["refit"]:
         refit_test = f"; test accuracy after refit {promoted['test_accuracy']:.4f}" if "test_accuracy" in promoted else ""
         print(f"  refit on train+val: its val score cannot be measured honestly{refit_test}")
+    for note in summary.get("notes", []):
+        if note.startswith("trial "):  # a candidate left out: its files are missing or unreachable
+            print(f"note: {note}")
     print(f"Champion: {promoted['model']}  (details: {Path(promoted['model']).parent / 'ensemble.json'})")
     if summary.get("mlflow"):
         print(summary["mlflow"], file=sys.stderr if summary["mlflow"].startswith("warning:") else sys.stdout)
@@ -296,7 +299,7 @@ def after_search(outcome: Any, space: Any, runs_dir: Path, *, track: bool = True
         key = f"{outcome.study}:promote" if outcome.storage and outcome.status == "COMPLETED" else None
         claims = None
         if key:
-            from search.engine.claims import Claims
+            from search.liveness.claims import Claims
 
             claims = Claims(outcome.storage)
             won, holder = claims.claim(key)

@@ -18,7 +18,8 @@ import pandas as pd
 
 from search import metrics
 from search.engine.hooks import COMPLETED, TrialInfo, TrialResult
-from search.runs import atomic, workers
+from search.liveness import workers
+from search.runs import atomic
 from search.runs.layout import SpaceDir, TrialDir
 from search.runs.locks import FolderLock
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from search.redaction import redact
-from search.runs import atomic, workers
+from search.runs import atomic
 from search.runs.layout import SpaceDir
 from search.runs.locks import FolderLock
 from search.tracking.config import load_config, unreachable, version
@@ -120,12 +119,6 @@ def _create_sqlite_store(database: Path) -> None:
         stale.unlink(missing_ok=True)  # a creation killed midway
     with atomic.writing(database) as tmp:
         mlflow.MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates and migrates it
-
-
-def liveness(worker: workers.Worker) -> dict[str, str]:
-    """The tags that tell other processes whether a run of `worker` is still alive: a run left
-    RUNNING with them is marked KILLED once its process is gone (tracker.py)."""
-    return {"worker": json.dumps(worker.record()), "heartbeat": f"{time.time():.0f}"}
 
 
 def runs_page(uri: str, experiment_id: str) -> str:

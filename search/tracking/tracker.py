@@ -46,7 +46,8 @@ from search.engine.hooks import COMPLETED, FAILED, KILLED, OWN_MODEL, PRUNED, Se
 from search.models.schedules import learning_rate_schedule
 from search.redaction import redact
 from search.results import plots
-from search.runs import atomic, faults, workers
+from search.liveness import stale_runs, workers
+from search.runs import atomic, faults
 from search.runs.locks import FolderLock
 from search.runs.layout import SpaceDir, TrialDir
 from search.tracking import client as clients
@@ -202,7 +203,7 @@ class MlflowTracker(SearchHooks):
         self.parent_id = self._parent(search)
         _OPEN.add(self.parent_id)
         faults.point("search-run")
-        self.client.log_batch(self.parent_id, tags=self._tags({**search_tags(search), **clients.liveness(self.worker)}))
+        self.client.log_batch(self.parent_id, tags=self._tags({**search_tags(search), **stale_runs.tags(self.worker)}))
         self._send_unsent(search)
         self.client.log_artifact(self.parent_id, str(search.space_path), "space")
         atomic.write_json(SpaceDir(search.space_dir).mlflow_record, {
@@ -225,7 +226,7 @@ class MlflowTracker(SearchHooks):
                 return found[1]
         # Tagged with this process as it is created: killed at once, it is still found dead.
         return self.client.create_run(self.experiment_id, run_name=search.name,
-                                      tags=clients.liveness(self.worker)).info.run_id
+                                      tags=stale_runs.tags(self.worker)).info.run_id
 
     def _kill(self, run_id: str) -> None:
         self.client.set_tag(run_id, "status", KILLED)
@@ -235,21 +236,10 @@ class MlflowTracker(SearchHooks):
         """Runs still RUNNING (searches' and trials') whose process died will never end: mark them KILLED."""
         running = self.client.search_runs(
             [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
-        now = time.time()
         for run in running:
-            tags = run.data.tags
-            if "worker" not in tags or run.info.run_id in _OPEN:
-                continue  # a search run of a version that did not say who ran it; or this process's
-            try:
-                owner = workers.Worker.from_record(json.loads(tags.get("worker", "null")))
-            except ValueError:
-                owner = None
-            life = workers.alive(owner)
-            if life is True and owner == self.worker and run.info.run_id not in _OPEN:
-                life = False  # an earlier search in this process, whose tracker is gone
-            beat = float(tags.get("heartbeat") or run.info.start_time / 1000)
-            stale = life is False or (life is None and now - beat > 60 * self.config.stale_after_minutes)
-            if stale:
+            if stale_runs.is_stale(run.data.tags, run.info.start_time, me=self.worker,
+                                   open_here=run.info.run_id in _OPEN,
+                                   stale_after=60 * self.config.stale_after_minutes):
                 self._kill(run.info.run_id)
 
     @_guarded
@@ -374,7 +364,7 @@ class MlflowTracker(SearchHooks):
 
         tags = {
             "mlflow.parentRunId": self.parent_id, "trial_id": trial.trial_id, "trial_number": str(trial.number),
-            "status": "RUNNING", "backbone": trial.model, **clients.liveness(self.worker), "space": search.name,
+            "status": "RUNNING", "backbone": trial.model, **stale_runs.tags(self.worker), "space": search.name,
         }
         study = _study(search)
         if study:

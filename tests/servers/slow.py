@@ -9,7 +9,7 @@ import time
 import keras
 
 from search import Data, Search
-from search.runs import workers
+from search.liveness import workers
 
 TRIAL_SECONDS = float(os.environ.get("TRIAL_SECONDS", "16"))
 

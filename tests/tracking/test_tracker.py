@@ -212,7 +212,7 @@ def test_config_rejects_unknown_keys_and_env_overrides_uri(tmp_path, monkeypatch
 def test_a_run_of_a_dead_process_is_killed_at_once_and_one_elsewhere_by_age(begun):
     import subprocess
 
-    from search.runs import workers
+    from search.liveness import workers
 
     client, search, tracker = begun
     gone = subprocess.Popen(["true"])
@@ -236,7 +236,7 @@ def test_a_worker_the_study_found_dead_has_its_runs_killed_at_once_and_no_one_el
     """A worker on another machine cannot be seen to die; when a worker of the same study
     takes its trial for dead, that trial's run and the dead worker's search run end KILLED
     then, not 30 minutes later, and a live worker's runs and another study's are left alone."""
-    from search.runs import workers
+    from search.liveness import workers
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")

@@ -10,7 +10,7 @@ run again. So the beats come from a small child process, which beats for the tri
 parent names on its stdin and exits the moment that pipe closes: when the worker ends, or is
 killed, the beats stop.
 
-    python -m search.engine.heartbeat    (started by `Heartbeat`; the storage comes in the
+    python -m search.liveness.heartbeat    (started by `Heartbeat`; the storage comes in the
                                           environment, never on the command line: it may
                                           hold a password)
 """
@@ -42,7 +42,7 @@ class Heartbeat:
         if self._process is None or self._process.poll() is not None:
             env = {**os.environ, STORAGE_ENV: self.storage, INTERVAL_ENV: str(self.interval)}
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "search.engine.heartbeat"], stdin=subprocess.PIPE, text=True, env=env,
+                [sys.executable, "-m", "search.liveness.heartbeat"], stdin=subprocess.PIPE, text=True, env=env,
                 stdout=subprocess.DEVNULL, stderr=None,
             )
         stdin = self._process.stdin
@@ -111,8 +111,11 @@ class _Storage:
             if self.down is None:
                 from search.redaction import redact
 
-                first = (str(e).strip().splitlines() or [""])[0][:200]
-                print(f"warning: heartbeat: the study's storage does not answer ({type(e).__name__}: "
+                root: BaseException = e
+                while root.__cause__ is not None:  # Optuna wraps the driver's error in a vaguer one
+                    root = root.__cause__
+                first = (str(root).strip().splitlines() or [""])[0][:200]
+                print(f"warning: heartbeat: the study's storage does not answer ({type(root).__name__}: "
                       f"{redact(first)}); beating again as soon as it does.", file=sys.stderr, flush=True)
             self.down = type(e).__name__
             return False
