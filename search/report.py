@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_saved_search()
     p.add_argument("--top", type=int, default=10, metavar="N", help="leaderboard rows to print (default: 10)")
     p.add_argument("--no-mlflow", action="store_true", help="do not attach the report to the MLflow run")
+    p.add_argument("--storage", metavar="URL",
+                   help="a shared study's storage, when its URL holds a password (search.json hides it): "
+                        "the report checks the study for trials missing here")
     return p
 
 
@@ -55,12 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from search.runs.saved import locate
 
         saved = locate(args.space, Path(args.runs_dir))
-        gathered = study.gather(saved)
-        if not gathered.records:
+        gathered = study.gather(saved, storage=args.storage)
+        if not gathered.listed:
             raise SearchError(f"no trial of {saved.name!r} has ended yet in {saved.folder.trials}; run or resume "
                               "`python -m search.run` first.")
         objective = saved.objective
-        plain = trials_table(gathered.records)
+        plain = trials_table(gathered.listed)
         table = ranked(plain, objective)
     except SearchError as e:
         return fail(e)
@@ -83,15 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for note in gathered.notes:
         print(f"note: {note}")
     written = [folder.leaderboard, plot]
-    found = importance.write(gathered.records, folder, objective)
+    found = importance.write(gathered.listed, folder, objective)
     if found is not None:
         print(f"\nWhich hyperparameters mattered ({found.method} over {found.trials} completed trials, ± its spread "
               f"over {importance.RESAMPLES} bootstrap resamples of them):")
         print(importance.shown(found.table))
         written += found.files
     else:
-        print(f"\nWhich hyperparameters mattered: not shown: {importance.why_not(gathered.records, objective)}.")
-    written += write_pareto(folder.path, gathered.records)
+        print(f"\nWhich hyperparameters mattered: not shown: {importance.why_not(gathered.listed, objective)}.")
+    written += write_pareto(folder.path, gathered.listed)
     print(f"Wrote {', '.join(str(p) for p in written)}")
     if not args.no_mlflow:
         from search.tracking.client import attach

@@ -125,7 +125,7 @@ def test_no_function_local_import_is_there_to_break_a_cycle():
 LAYERS = (
     ("core", "errors", "redaction", "console", "metrics", "cli"),  # shared types and words
     ("declare",),  # what a space file writes
-    ("runs", "compat"),  # the runs folder; third-party private API (compat writes through runs)
+    ("runs", "liveness", "compat"),  # the runs folder; which workers live (locks name their holder); compat
     ("data",),
     ("models", "hparams", "space"),  # a trial's model and the hyperparameters that define it
     ("results",),  # records, tables, fronts, plots

@@ -28,14 +28,15 @@ from search.core.hooks import TrialResult
 from search.core.status import ENDED, PRUNED
 from search.declare import Search
 from search.engine import interrupts
-from search.engine.claims import Claims
-from search.engine.heartbeat import Heartbeat
+from search.liveness.claims import Claims
+from search.liveness.heartbeat import Heartbeat
 from search.engine.optuna_storage import open_storage, storage_for_children
 from search.engine.reaper import LOST, Reaper, counted, lost
 from search.engine.samplers import distributions, make_pruner, make_sampler, suggest, typed_options
 from search.errors import SearchError
 from search.redaction import redact
-from search.runs import faults, workers
+from search.liveness import workers
+from search.runs import faults
 from search.runs.layout import SpaceDir
 
 __all__ = ["LOST", "OptunaOracle", "counted", "lost", "open_storage", "storage_for_children", "suggest",
@@ -47,7 +48,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # on every trial helps no one.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 # Optuna warns on every `ask` from an RDB storage with a heartbeat outside `Study.optimize`;
-# here the heartbeat is beaten by search.engine.heartbeat instead of optimize's thread.
+# here the heartbeat is beaten by search.liveness.heartbeat instead of optimize's thread.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
@@ -296,6 +297,11 @@ class OptunaOracle(Reaper, kt.Oracle):
         super().end_trial(trial)
 
     def _tell(self, asked: optuna.Trial, trial: kt.engine.trial.Trial, result: TrialResult | None) -> None:
+        from search.results import study  # the record's summary, kept in the study (results sits above engine)
+
+        kept = study.summary_of(self.folder.trial(trial.trial_id)) if self.folder is not None else None
+        if kept is not None:
+            self._storage_call(lambda: asked.set_user_attr(study.RECORD_ATTR, kept))
         if trial.trial_id in self._pruned:
             self._storage_call(lambda: self.study.tell(asked, state=TrialState.PRUNED))
             return

@@ -1,7 +1,7 @@
 """The trials of workers that died: told their recorded result, or failed and queued again.
 
-Each running trial carries its worker (`search.runs.workers.Worker`) and a heartbeat, beaten
-by a process of its own (`search.engine.heartbeat`): Optuna's heartbeat on an RDB storage, a
+Each running trial carries its worker (`search.liveness.workers.Worker`) and a heartbeat, beaten
+by a process of its own (`search.liveness.heartbeat`): Optuna's heartbeat on an RDB storage, a
 user attribute on the journal. A running trial is failed and queued again with the same
 values (Optuna's `RetryHeartbeatStaleTrialCallback`) by whichever worker sees first that its
 worker is dead (its process is gone, where process ids can be compared), or that its
@@ -22,9 +22,10 @@ from optuna.trial import TrialState
 from search import compat
 from search.core.status import ENDED, FAILED, PRUNED
 from search.declare import Search
-from search.engine.claims import Claims
+from search.liveness import workers
+from search.liveness.claims import Claims
 from search.engine.optuna_storage import call_with_retries
-from search.runs import faults, workers
+from search.runs import faults
 from search.runs.layout import SpaceDir
 
 # The user attribute that marks a trial failed because its worker died: {"trial": its number,

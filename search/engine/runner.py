@@ -107,7 +107,8 @@ def _delete_study(space: Space, folder: SpaceDir) -> None:
     """--fresh with a shared --storage: delete that study, unless a worker is running one of its trials."""
     import optuna
 
-    from search.engine import claims, optuna_storage
+    from search.engine import optuna_storage
+    from search.liveness import claims
 
     url = space.search.options.get("storage")
     name = _study_name(space)

@@ -310,7 +310,7 @@ def after_search(outcome: Any, space: Any, runs_dir: Path, *, track: bool = True
         key = f"{outcome.study}:promote" if outcome.storage and outcome.status == "COMPLETED" else None
         claims = None
         if key:
-            from search.engine.claims import Claims
+            from search.liveness.claims import Claims
 
             claims = Claims(outcome.storage)
             won, holder = claims.claim(key)

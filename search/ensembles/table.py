@@ -44,6 +44,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     if summary["refit"]:
         refit_test = f"; test accuracy after refit {promoted['test_accuracy']:.4f}" if "test_accuracy" in promoted else ""
         print(f"  refit on train+val: its val score cannot be measured honestly{refit_test}")
+    for note in summary.get("notes", []):
+        if note.startswith("trial "):  # a candidate left out: its files are missing or unreachable
+            print(f"note: {note}")
     print(f"Champion: {promoted['model']}  (details: {Path(promoted['model']).parent / 'ensemble.json'})")
     if summary.get("mlflow"):
         print(summary["mlflow"], file=sys.stderr if summary["mlflow"].startswith("warning:") else sys.stdout)

@@ -20,8 +20,9 @@ from search import metrics
 from search.core.hooks import TrialInfo, TrialResult
 from search.core.record import TrialRecord, from_json, to_json
 from search.core.status import COMPLETED
+from search.liveness import workers
 from search.models.applicable import applicable
-from search.runs import atomic, workers
+from search.runs import atomic
 from search.runs.layout import SpaceDir, TrialDir
 from search.runs.locks import FolderLock
 

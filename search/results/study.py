@@ -7,6 +7,12 @@ sent its record, val probabilities, model and val labels to the tracking store (
 trials and fetches the others once into runs/<space>/study/<id>/, so that the ensemble,
 the report and the Pareto front of any worker see the whole study. Without a tracking
 store, or when it cannot be reached, it says so in a note and uses the local trials.
+
+The study itself (its Optuna storage) is the list of what finished: each finished trial also
+keeps its record's summary there (the `record` user attribute, set before it is told). What
+the study finished and neither this folder nor the tracking store has is named in a note
+with the machine it ran on; its summary still puts it on the leaderboard and the Pareto
+front, and the note says the ensemble cannot use it (its files are unreachable).
 """
 
 from __future__ import annotations
@@ -24,7 +30,73 @@ from search.results.records import FINISHED, load_records, read_record
 from search.runs.layout import TrialDir
 from search.runs.saved import SavedSearch
 
-LOCAL, FETCHED = "local", "tracking store"
+LOCAL, FETCHED, STUDY = "local", "tracking store", "study"
+# The Optuna trial user attribute holding the summary of the trial's record.
+RECORD_ATTR = "record"
+# What the summary leaves out: the per-epoch history (long) and paths on the machine that ran it.
+_NOT_KEPT = ("history", "model_path", "val_probabilities_path")
+
+
+def summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What the study keeps of a trial's record: enough for the leaderboard and the Pareto front."""
+    return {k: v for k, v in record.items() if k not in _NOT_KEPT}
+
+
+def summary_of(trial: TrialDir) -> dict[str, Any] | None:
+    """The summary of the record in `trial`'s folder, or None when it has none."""
+    record = read_record(trial)
+    return summary(record) if record is not None else None
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyTrial:
+    trial_id: str
+    state: str
+    ran_on: str  # host:pid of its worker, "?" when it never said
+    record: dict[str, Any] | None  # its record's summary, as the study keeps it
+
+
+def _study_trials(saved: SavedSearch, storage: str | None, notes: list[str]) -> list[StudyTrial] | None:
+    """The study's finished trials (COMPLETE, PRUNED) from its storage; None without a study."""
+    name = saved.record.get("study")
+    if not name:
+        return None
+    url = storage or (saved.settings.get("options") or {}).get("storage")
+    if url and "***" in str(url):
+        notes.append("search.json hides the study's storage password: pass --storage URL to check the study "
+                     "for trials missing here")
+        return None
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        if url:
+            opened: Any = optuna.storages.RDBStorage(str(url), skip_compatibility_check=True)
+        else:
+            journal = saved.folder.path / "optuna.journal"
+            if not journal.is_file():
+                return None
+            from optuna.storages.journal import JournalFileBackend
+
+            opened = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+        trials = optuna.load_study(study_name=str(name), storage=opened).get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    except Exception as e:  # noqa: BLE001 - the trials gathered are still there
+        from search.redaction import redact
+
+        first = (str(e).strip().splitlines() or [""])[0]
+        notes.append(f"study {name!r} could not be read ({type(e).__name__}: {redact(first)[:200]}); "
+                     "cannot tell whether trials are missing")
+        return None
+    found = []
+    for t in trials:
+        worker = t.user_attrs.get("worker")
+        ran_on = f"{worker.get('host', '?')}:{worker.get('pid', '?')}" if isinstance(worker, dict) else "?"
+        record = t.user_attrs.get(RECORD_ATTR)
+        found.append(StudyTrial(str(t.user_attrs.get("kt_trial_id") or f"{t.number:04d}"), t.state.name, ran_on,
+                                record if isinstance(record, dict) and "status" in record else None))
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +113,13 @@ class Gathered:
     labels: np.ndarray
     records: list[dict[str, Any]]  # every record (finished or not), local and fetched
     notes: list[str]
+    # Summaries of the study's finished trials found nowhere else (no files: listed, never ensembled).
+    summarised: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def listed(self) -> list[dict[str, Any]]:
+        """Every trial the leaderboard and the Pareto front show: the records, then the study's summaries."""
+        return self.records + self.summarised
 
     @property
     def fetched(self) -> int:
@@ -129,13 +208,15 @@ def _download(client: Any, run_id: str, trial_id: str, target: Path, notes: list
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def gather(saved: SavedSearch, *, fetch: bool = True) -> Gathered:
-    """Every finished trial of the search with its model and val probabilities on disk."""
+def gather(saved: SavedSearch, *, fetch: bool = True, storage: str | None = None) -> Gathered:
+    """Every finished trial of the search with its model and val probabilities on disk;
+    `storage`: the study's storage URL, where search.json's hides its password."""
     folder = saved.folder
     notes: list[str] = []
     records = load_records(folder)
     local = {r["trial_id"] for r in records}
     fetched_dirs = _fetch(saved, set(local), notes) if fetch else []
+    in_study = _study_trials(saved, storage, notes)
     labels = _load_labels(folder.val_labels)
     for directory in fetched_dirs:
         if labels is None:
@@ -148,10 +229,11 @@ def gather(saved: SavedSearch, *, fetch: bool = True) -> Gathered:
         if record is not None:
             everything.append(record)
             sources.append((directory, record, FETCHED))
+    summarised = _missing(in_study, {r["trial_id"] for r in everything}, saved.record.get("study"), notes)
     if labels is None:
         if any(r["status"] in FINISHED for r in everything):
             notes.append(f"{folder.val_labels} is missing or damaged; run `python -m search.run` again to rewrite it")
-        return Gathered({}, np.zeros(0, np.int32), everything, notes)
+        return Gathered({}, np.zeros(0, np.int32), everything, notes, summarised)
     digest = _digest(labels)
     for directory, record, source in sources:
         if record["status"] != "COMPLETED":
@@ -181,5 +263,23 @@ def gather(saved: SavedSearch, *, fetch: bool = True) -> Gathered:
     if fetched:
         notes.append(f"{fetched} of the {len(trials)} trials ran on other workers of study "
                      f"{saved.record.get('study')!r} and were fetched from the tracking store")
-    return Gathered(trials, labels, everything, notes)
+    return Gathered(trials, labels, everything, notes, summarised)
 
+
+def _missing(in_study: list[StudyTrial] | None, have: set[str], name: Any, notes: list[str]) -> list[dict[str, Any]]:
+    """The records (summaries) of the study's finished trials gathered from nowhere else; a note names each."""
+    if in_study is None:
+        return []
+    kept = []
+    for t in sorted(in_study, key=lambda t: t.trial_id):
+        if t.trial_id in have:
+            continue
+        if t.record is not None:
+            kept.append({**t.record, "trial_id": t.trial_id})
+            notes.append(f"trial {t.trial_id} of study {name!r} ({t.state}, ran on {t.ran_on}) is neither here nor "
+                         "in the tracking store: listed from the study's summary; its files are unreachable, "
+                         "so the ensemble cannot use it")
+        else:
+            notes.append(f"trial {t.trial_id} of study {name!r} ({t.state}, ran on {t.ran_on}) is missing: neither "
+                         "here, in the tracking store nor summarised in the study")
+    return kept

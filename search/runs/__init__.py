@@ -4,6 +4,5 @@
 - `saved`: a searched space found again from a space file or its name.
 - `atomic`: writes that a crash cannot tear.
 - `locks`: who holds a runs folder (a search, workers of one study, a promotion).
-- `workers`: this process's identity, and whether another one is alive.
 - `faults`: crash injection for the tests that prove the above.
 """

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from search.runs import workers
+from search.liveness import workers
 from search.errors import SearchError
 
 

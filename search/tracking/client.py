@@ -6,7 +6,9 @@ and a fresh SQLite store runs its schema migrations on first use, racing any oth
 that starts at the same instant ("duplicate column name"); `connect` checks the server
 first, with a short timeout, and migrates a SQLite store under a file lock. `Retrying`
 repeats a call that failed for a moment (a locked SQLite file, a dropped connection, a tag
-that another process inserted first).
+that another process inserted first), with tenacity's exponential backoff and jitter; a
+server that is gone (its health check does not answer) is not retried: the tracker then
+says "tracking lost" at once and sends what was missed when it is back (tracker.py).
 """
 
 from __future__ import annotations
@@ -14,15 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from search.redaction import redact
-from search.runs import atomic, workers
+from search.runs import atomic
 from search.runs.layout import SpaceDir
 from search.runs.locks import FolderLock
 from search.tracking.config import load_config, unreachable, version
@@ -48,25 +48,22 @@ def _transient(error: BaseException) -> bool:
 class Retrying:
     """An MlflowClient whose calls are repeated, with backoff, when they fail for a moment."""
 
-    def __init__(self, client: Any):
-        self._client = client
+    def __init__(self, client: Any, uri: str = ""):
+        self._client, self._uri = client, uri
+
+    def _worth_retrying(self, error: BaseException) -> bool:
+        return _transient(error) and not unreachable(self._uri, timeout=2.0)
 
     def __getattr__(self, name: str) -> Any:
+        import tenacity
+
         method = getattr(self._client, name)
         if not callable(method):
             return method
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            for attempt in range(RETRIES + 1):
-                try:
-                    return method(*args, **kwargs)
-                except Exception as e:  # noqa: BLE001 - sorted below
-                    if attempt == RETRIES or not _transient(e):
-                        raise
-                    time.sleep(0.2 * 2**attempt + random.uniform(0, 0.3))
-            raise AssertionError("unreachable")
-
-        return call
+        return tenacity.retry(
+            stop=tenacity.stop_after_attempt(RETRIES + 1),
+            wait=tenacity.wait_exponential(multiplier=0.2) + tenacity.wait_random(0, 0.3),
+            retry=tenacity.retry_if_exception(self._worth_retrying), reraise=True)(method)
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -109,7 +106,7 @@ def connect(uri: str) -> Retrying:
     except Exception as e:  # noqa: BLE001 - whatever the store says, in one line
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise Unavailable(f"cannot open the tracking store {redact(uri)}: {type(e).__name__}: {redact(first)}") from None
-    return Retrying(client)
+    return Retrying(client, uri)
 
 
 def _create_sqlite_store(database: Path) -> None:
@@ -122,12 +119,6 @@ def _create_sqlite_store(database: Path) -> None:
         stale.unlink(missing_ok=True)  # a creation killed midway
     with atomic.writing(database) as tmp:
         mlflow.MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)  # creates and migrates it
-
-
-def liveness(worker: workers.Worker) -> dict[str, str]:
-    """The tags that tell other processes whether a run of `worker` is still alive: a run left
-    RUNNING with them is marked KILLED once its process is gone (tracker.py)."""
-    return {"worker": json.dumps(worker.record()), "heartbeat": f"{time.time():.0f}"}
 
 
 def runs_page(uri: str, experiment_id: str) -> str:

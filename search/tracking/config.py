@@ -47,6 +47,9 @@ class TrackingConfig:
     # A RUNNING run whose process cannot be checked (another machine) and whose heartbeat tag
     # is older than this is marked KILLED by the next search that starts or ends.
     stale_after_minutes: float = 30.0
+    # A store lost during a search is waited for this long at its end, to send what it missed;
+    # still lost then, the next start of the search sends it.
+    reconnect_seconds: float = 60.0
 
 
 def load_config(path: Path | None = None) -> TrackingConfig:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from search.redaction import redact
-from search.runs import faults, workers
+from search.liveness import stale_runs, workers
+from search.runs import faults
 from search.runs.layout import RunsDir
 from search.tracking import client as clients
 from search.tracking.config import load_config, tracking_uri
@@ -145,7 +146,7 @@ def log_promotion(*, space: str, runs_dir: Path, model: Any, summary: dict[str, 
     experiment = config.experiment.format(space=space)
     # With the liveness tags, a process killed while it logs leaves no run RUNNING for ever.
     tags = {"kind": "ensemble", "space": space, "promoted": promoted["method"], "refit": str(summary["refit"]),
-            **clients.liveness(workers.this_worker())}
+            **stale_runs.tags(workers.this_worker())}
     search_run = clients.search_run(RunsDir(runs_dir).space(space))
     if search_run is not None and search_run[0] == uri:
         # A row of its own in the runs list (nested, it would hide in the search's collapsed row).

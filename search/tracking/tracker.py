@@ -1,9 +1,15 @@
 """MLflow tracking of a search: one parent run per search, one nested run per trial.
 
 Configured by `mlflow.yaml` (the working directory's, else the repository's; defaults when
-there is none); `MLFLOW_TRACKING_URI` overrides its `tracking_uri`. Tracking only observes:
-a store that cannot be reached, or an MLflow call that keeps failing after its retries,
-prints one warning and the search goes on with its results on disk.
+there is none); `MLFLOW_TRACKING_URI` overrides its `tracking_uri`. Tracking only observes,
+and the trial records (runs/<space>/trials/<id>/result.json) are the truth it projects: a
+store that cannot be reached, or an MLflow call that keeps failing after its retries, prints
+"tracking lost" once and the search goes on. At each trial's end and at the search's end
+the store is tried again; once it answers, every trial whose record exists but whose run is
+missing or unfinished is sent (found by its `trial_id` tag, never twice), runs the outage
+left RUNNING are ended with their record's status, and one line says how many were sent.
+At the search's end the store is waited for a while (`reconnect_seconds`); what is still
+unsent then is sent by the next start of the search.
 
 Statuses: a trial COMPLETED ends FINISHED, FAILED ends FAILED (the error in the `error`
 tag), KILLED ends KILLED; PRUNED (stopped early by the algorithm, on purpose) ends FINISHED.
@@ -42,15 +48,23 @@ from search.core.status import COMPLETED, FAILED, KILLED, PRUNED, TrialStatus
 from search.models.schedules import learning_rate_schedule
 from search.redaction import redact
 from search.results import plots
-from search.runs import atomic, faults, workers
+from search.liveness import stale_runs, workers
+from search.runs import atomic, faults
+from search.runs.locks import FolderLock
 from search.runs.layout import SpaceDir, TrialDir
 from search.tracking import client as clients
 from search.tracking.config import TrackingConfig, load_config, search_tags, tracking_uri
 
 TAG_LIMIT = 5000
 HEARTBEAT_SECONDS = 60.0
+# The run statuses that say a trial's run is complete; any other run of an ended trial is sent again.
+ENDED_RUN = ("FINISHED", "FAILED")
+# Tag of a trial run whose trial/ files all reached the store (they go in the background).
+FILES_SENT = "trial_files"
 # Runs that a tracker of this process has open: any other run tagged with this process is stale.
 _OPEN: set[str] = set()
+# Where a lost store is tried again.
+_HEALING = ("on_trial_begin", "on_trial_end", "on_search_end")
 
 
 def hooks_for(space: Any) -> list[SearchHooks]:
@@ -68,21 +82,30 @@ def labels_digest(path: Path) -> str | None:
     return hashlib.sha256(np.ascontiguousarray(labels.astype(np.int64)).tobytes()).hexdigest()[:16]
 
 
+def _why(error: BaseException) -> str:
+    if isinstance(error, clients.Unavailable):
+        return str(error)
+    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {redact(first)}"[:300]
+
+
 def _guarded(method: Callable[..., None]) -> Callable[..., None]:
-    """Skip when tracking is off; time the call; turn any error into one warning."""
+    """Skip when tracking is off, or lost (except where the store is tried again: `_HEALING`);
+    time the call; turn any error into "tracking lost"."""
 
     @functools.wraps(method)
     def wrapper(self: MlflowTracker, *args: Any) -> None:
-        if not self.enabled:
+        if not self.enabled or (self.lost and method.__name__ not in _HEALING):
             return
         started = time.perf_counter()
         try:
+            # At the search's end the store is waited for, unless the user is stopping it (KILLED).
+            wait = method.__name__ == "on_search_end" and args[1] != KILLED
+            if self.lost and not self._heal(args[0], wait=wait):
+                return
             method(self, *args)
-        except clients.Unavailable as e:
-            self._disable(str(e))
         except Exception as e:  # noqa: BLE001 - tracking must never fail a search
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            self._disable(f"{type(e).__name__}: {redact(first)}"[:300])
+            self._lose(self._why(e))
         finally:
             self.seconds[method.__name__] = self.seconds.get(method.__name__, 0.0) + time.perf_counter() - started
 
@@ -112,18 +135,65 @@ class MlflowTracker(SearchHooks):
         self._beating = threading.Event()
         self._beater: threading.Thread | None = None
         self.worker = workers.this_worker()
+        self.lost = False  # the store stopped answering; tried again at each trial's end
+        self._lost_lock = threading.Lock()
 
-    def _disable(self, reason: str) -> None:
-        self.enabled = False
-        self._beating.set()
-        print(f"warning: MLflow tracking is off for the rest of this search ({reason}). The search goes on; "
-              f"its results stay in {self._space_dir} (trials.csv).", file=sys.stderr, flush=True)
+    def _why(self, error: BaseException) -> str:
+        gone = clients.unreachable(self.uri, timeout=1.0) if self.uri else None
+        return f"cannot reach the tracking server {redact(self.uri)}: {gone}" if gone else _why(error)
+
+    def _lose(self, reason: str) -> None:
+        with self._lost_lock:
+            if self.lost:
+                return
+            self.lost = True
+        print(f"warning: MLflow tracking lost ({reason}). The search goes on; its trials are kept in "
+              f"{self._space_dir}/trials and sent when the store answers again.", file=sys.stderr, flush=True)
+
+    def _heal(self, search: SearchInfo, *, wait: bool = False) -> bool:
+        """Whether the lost store answers again; if so, everything it missed is sent. With
+        `wait` (the search's end), the store is waited for up to `reconnect_seconds`."""
+        import tenacity
+
+        def attempt() -> bool:
+            if clients.unreachable(self.uri, timeout=1.0):
+                return False
+            try:
+                self.client = clients.connect(self.uri)
+                if not self.parent_id:  # lost before the search's run existed
+                    self._begin(search)
+                else:
+                    self.client.update_run(self.parent_id, status="RUNNING")
+                sent = self._send_unsent(search)
+            except Exception:  # noqa: BLE001 - not back yet (or for a moment only)
+                return False
+            self.lost = False
+            print(f"MLflow tracking back: {sent} trial{'s' * (sent != 1)} sent.", file=sys.stderr, flush=True)
+            return True
+
+        # Waited for only after an outage: a store never reached in this search is not coming.
+        if not wait or not self.parent_id or self.config.reconnect_seconds <= 0:
+            return attempt()
+        print(f"MLflow: waiting up to {self.config.reconnect_seconds:.0f} s for the tracking store to answer "
+              "(mlflow.yaml: reconnect_seconds)...", file=sys.stderr, flush=True)
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_delay(self.config.reconnect_seconds),
+            wait=tenacity.wait_exponential(multiplier=1, max=10), retry=tenacity.retry_if_result(lambda ok: not ok),
+            retry_error_callback=lambda state: False)
+        if retrying(attempt):
+            return True
+        print(f"warning: MLflow tracking is still lost: the trials of {self._space_dir}/trials not sent yet are sent "
+              "by the next start of this search (the same command).", file=sys.stderr, flush=True)
+        return False
 
     # Search ------------------------------------------------------------------------------
     @_guarded
     def on_search_begin(self, search: SearchInfo) -> None:
         self._space_dir = search.space_dir
         self.uri = tracking_uri(self.config, search.space_dir.parent, search.name)
+        self._begin(search)
+
+    def _begin(self, search: SearchInfo) -> None:
         self.client = clients.connect(self.uri)
         import mlflow
 
@@ -134,8 +204,8 @@ class MlflowTracker(SearchHooks):
         self.parent_id = self._parent(search)
         _OPEN.add(self.parent_id)
         faults.point("search-run")
-        self.client.log_batch(self.parent_id, tags=self._tags({**search_tags(search), **clients.liveness(self.worker)}))
-        self._log_unreported(search)
+        self.client.log_batch(self.parent_id, tags=self._tags({**search_tags(search), **stale_runs.tags(self.worker)}))
+        self._send_unsent(search)
         self.client.log_artifact(self.parent_id, str(search.space_path), "space")
         atomic.write_json(SpaceDir(search.space_dir).mlflow_record, {
             "tracking_uri": redact(self.uri), "experiment_id": self.experiment_id, "run_id": self.parent_id})
@@ -159,7 +229,7 @@ class MlflowTracker(SearchHooks):
         # Named so that two searches of one space tell apart in the runs list: algorithm and runs folder.
         name = f"{search.name} search ({search.settings.get('algorithm', '?')}, {Path(search.space_dir).parent})"
         return self.client.create_run(self.experiment_id, run_name=name[:250],
-                                      tags=clients.liveness(self.worker)).info.run_id
+                                      tags=stale_runs.tags(self.worker)).info.run_id
 
     def _kill(self, run_id: str) -> None:
         self.client.set_tag(run_id, "status", KILLED)
@@ -169,21 +239,10 @@ class MlflowTracker(SearchHooks):
         """Runs still RUNNING (searches' and trials') whose process died will never end: mark them KILLED."""
         running = self.client.search_runs(
             [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)
-        now = time.time()
         for run in running:
-            tags = run.data.tags
-            if "worker" not in tags or run.info.run_id in _OPEN:
-                continue  # a search run of a version that did not say who ran it; or this process's
-            try:
-                owner = workers.Worker.from_record(json.loads(tags.get("worker", "null")))
-            except ValueError:
-                owner = None
-            life = workers.alive(owner)
-            if life is True and owner == self.worker and run.info.run_id not in _OPEN:
-                life = False  # an earlier search in this process, whose tracker is gone
-            beat = float(tags.get("heartbeat") or run.info.start_time / 1000)
-            stale = life is False or (life is None and now - beat > 60 * self.config.stale_after_minutes)
-            if stale:
+            if stale_runs.is_stale(run.data.tags, run.info.start_time, me=self.worker,
+                                   open_here=run.info.run_id in _OPEN,
+                                   stale_after=60 * self.config.stale_after_minutes):
                 self._kill(run.info.run_id)
 
     @_guarded
@@ -207,29 +266,70 @@ class MlflowTracker(SearchHooks):
             if search_run.info.status == "RUNNING" and search_run.data.tags.get("worker") == run.data.tags.get("worker"):
                 self._kill(parent)
 
-    def _log_unreported(self, search: SearchInfo) -> None:
-        """Log the trials this folder recorded whose process died before it logged them (a kill
-        between a trial's record and its hooks): each ended trial gets exactly one ended run."""
+    def _send_unsent(self, search: SearchInfo) -> int:
+        """Send the trials this folder recorded whose run is missing or unfinished (an outage of
+        the store, or a process killed between a trial's record and its hooks): each ended
+        trial gets exactly one ended run, its files too. Under a lock of the runs folder, so
+        that its workers never send one trial twice; returns how many trials were sent."""
         from search.results.records import load_records, result_of
 
-        logged = self.client.search_runs(
-            [self.experiment_id], max_results=5000,
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}' and tags.trial_id != ''")
-        self._ended = {r.data.tags["trial_id"] for r in logged if r.info.status in ("FINISHED", "FAILED")}
-        running = {r.data.tags["trial_id"] for r in logged if r.info.status == "RUNNING"}  # alive: they end them
-        for record in load_records(search.space_dir):
-            trial_id = record["trial_id"]
-            if record["status"] not in (COMPLETED, PRUNED, FAILED) or trial_id in self._ended or trial_id in running:
-                continue
-            values = dict(record.get("values") or {})
-            info = TrialInfo(trial_id=trial_id, number=int(record.get("number") or 0), total=0, values=values,
-                             config=TrialConfig.from_values(record.get("config") or {}),
-                             dir=SpaceDir(search.space_dir).trial(trial_id).path,
-                             epochs=int(record.get("epochs_run") or 1), own_model=record.get("model") == OWN_MODEL)
-            self.on_trial_end(search, info, result_of(record))
+        sent = 0
+        with FolderLock(SpaceDir(search.space_dir).path / ".mlflow-send.lock", doing="sending trials to MLflow",
+                        wait=120):
+            logged = self.client.search_runs(
+                [self.experiment_id], max_results=5000, order_by=["attributes.start_time DESC"],
+                filter_string=f"tags.mlflow.parentRunId = '{self.parent_id}' and tags.trial_id != ''")
+            runs: dict[str, list[Any]] = {}
+            for run in logged:
+                runs.setdefault(run.data.tags["trial_id"], []).append(run)
+            self._ended |= {t for t, found in runs.items() if any(r.info.status in ENDED_RUN for r in found)}
+            for record in load_records(search.space_dir):
+                trial_id = record["trial_id"]
+                if record["status"] not in (COMPLETED, PRUNED, FAILED):
+                    continue
+                found = runs.get(trial_id, [])
+                complete = [r for r in found if r.info.status in ENDED_RUN]
+                if complete:
+                    if record["status"] != FAILED and self.config.log_trial_artifacts \
+                            and complete[0].data.tags.get(FILES_SENT) == "false":
+                        self._log_trial_files(complete[0].info.run_id, search, self._info(search, record),
+                                              result_of(record), background=False)
+                        sent += 1
+                    continue
+                running = [r for r in found if r.info.status == "RUNNING"]
+                ours = [r for r in running if self._abandoned(r, trial_id)]
+                if running and not ours:
+                    continue  # a live process of this folder is ending it
+                reuse = ours or [r for r in found if r.info.status == "KILLED"]
+                if reuse:  # a run the outage (or a kill) left unfinished: ended with the record's status
+                    self._runs[trial_id] = reuse[0].info.run_id
+                    _OPEN.add(reuse[0].info.run_id)
+                self._end_trial(search, self._info(search, record), result_of(record), background=False)
+                sent += 1
+        return sent
+
+    def _abandoned(self, run: Any, trial_id: str) -> bool:
+        """Whether a RUNNING run of an ended trial is this process's, or its process is gone."""
+        if self._runs.get(trial_id) == run.info.run_id:
+            return True
+        try:
+            owner = workers.Worker.from_record(json.loads(run.data.tags.get("worker", "null")))
+        except ValueError:
+            return False
+        return owner == self.worker or workers.alive(owner) is False
+
+    @staticmethod
+    def _info(search: SearchInfo, record: dict[str, Any]) -> TrialInfo:
+        return TrialInfo(trial_id=record["trial_id"], number=int(record.get("number") or 0), total=0,
+                         values=dict(record.get("values") or {}),
+                         config=TrialConfig.from_values(record.get("config") or {}),
+                         dir=SpaceDir(search.space_dir).trial(record["trial_id"]).path,
+                         epochs=int(record.get("epochs_run") or 1), own_model=record.get("model") == OWN_MODEL)
 
     def _beat(self) -> None:
         while not self._beating.wait(HEARTBEAT_SECONDS):
+            if self.lost:
+                continue
             for run_id in [self.parent_id, *self._runs.values()]:
                 try:
                     self.client.set_tag(run_id, "heartbeat", f"{time.time():.0f}")
@@ -240,6 +340,7 @@ class MlflowTracker(SearchHooks):
     def on_search_end(self, search: SearchInfo, status: str) -> None:
         self._beating.set()
         self._wait_for_background()
+        self._send_unsent(search)  # runs of ended trials an error left open in this process
         for trial_id, run_id in list(self._runs.items()):  # trials that never reached their end
             self._flush(run_id)
             self._kill(run_id)
@@ -259,11 +360,14 @@ class MlflowTracker(SearchHooks):
     # Trials ------------------------------------------------------------------------------
     @_guarded
     def on_trial_begin(self, search: SearchInfo, trial: TrialInfo) -> None:
+        self._begin_trial(search, trial)
+
+    def _begin_trial(self, search: SearchInfo, trial: TrialInfo) -> None:
         from mlflow.entities import Param
 
         tags = {
             "mlflow.parentRunId": self.parent_id, "trial_id": trial.trial_id, "trial_number": str(trial.number),
-            "status": "RUNNING", "backbone": trial.model, **clients.liveness(self.worker), "space": search.name,
+            "status": "RUNNING", "backbone": trial.model, **stale_runs.tags(self.worker), "space": search.name,
         }
         study = _study(search)
         if study:
@@ -298,13 +402,16 @@ class MlflowTracker(SearchHooks):
 
     @_guarded
     def on_trial_end(self, search: SearchInfo, trial: TrialInfo, result: TrialResult) -> None:
+        self._end_trial(search, trial, result)
+
+    def _end_trial(self, search: SearchInfo, trial: TrialInfo, result: TrialResult, *, background: bool = True) -> None:
         from mlflow.entities import Metric
 
         if trial.trial_id in self._ended and trial.trial_id not in self._runs:
             return  # logged already (by this start, or an earlier one)
         # Forgotten only once ended: a Ctrl-C landing in here leaves it to on_search_end.
         if trial.trial_id not in self._runs:  # ended in a process that died before reporting it
-            self.on_trial_begin(search, trial)
+            self._begin_trial(search, trial)
             self.client.set_tag(self._runs[trial.trial_id], "recovered", "true")
         run_id = self._runs[trial.trial_id]
         self._flush(run_id)
@@ -313,7 +420,7 @@ class MlflowTracker(SearchHooks):
         summary.update(params=result.params, size_mb=result.size_mb, seconds_per_epoch=result.seconds_per_epoch,
                        images_per_second=result.images_per_second, epochs_run=result.epochs_run,
                        train_seconds=result.seconds)
-        tags: dict[str, str] = {"status": result.status.csv}
+        tags = {"status": TrialStatus(result.status).csv, FILES_SENT: "false"}
         if result.error:
             tags["error"] = result.error
         digest = labels_digest(SpaceDir(search.space_dir).val_labels)
@@ -322,7 +429,10 @@ class MlflowTracker(SearchHooks):
         self.client.log_batch(
             run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items() if v is not None],
             tags=self._tags(tags))
-        self._in_flight.append(self._background.submit(self._log_trial_files, run_id, search, trial, result))
+        if background:
+            self._in_flight.append(self._background.submit(self._log_trial_files, run_id, search, trial, result))
+        else:
+            self._log_trial_files(run_id, search, trial, result, background=False)
         if self.config.log_models == "all" and result.model_path and result.model_path.exists():
             clients.log_keras_model(run_id, result.model_path)
         self.client.set_terminated(run_id, TrialStatus(result.status).mlflow)
@@ -332,16 +442,26 @@ class MlflowTracker(SearchHooks):
             self._ended.add(trial.trial_id)
         self._log_best_so_far(search, trial)
 
-    def _log_trial_files(self, run_id: str, search: SearchInfo, trial: TrialInfo, result: TrialResult) -> None:
-        if not self.enabled:  # the store went away since this was queued
+    def _log_trial_files(self, run_id: str, search: SearchInfo, trial: TrialInfo, result: TrialResult,
+                         background: bool = True) -> None:
+        """Plots and trial/ files of a trial's run; tagged once all were sent. In the background
+        an error is "tracking lost" (the files are sent again once the store answers)."""
+        if self.lost and background:  # the store went away since this was queued
             return
-        for artifact in self._trial_plots(search, trial, result):
-            self.client.log_artifact(run_id, str(artifact), "plots")
-        folder = TrialDir(trial.dir)
-        if self.config.log_trial_artifacts and result.status in (COMPLETED, PRUNED):
-            for path in (folder.record, folder.val_probabilities, folder.model, SpaceDir(search.space_dir).val_labels):
-                if path.exists():
-                    self.client.log_artifact(run_id, str(path), "trial")
+        try:
+            for artifact in self._trial_plots(search, trial, result):
+                self.client.log_artifact(run_id, str(artifact), "plots")
+            folder = TrialDir(trial.dir)
+            if self.config.log_trial_artifacts and result.status in (COMPLETED, PRUNED):
+                for path in (folder.record, folder.val_probabilities, folder.model,
+                             SpaceDir(search.space_dir).val_labels):
+                    if path.exists():
+                        self.client.log_artifact(run_id, str(path), "trial")
+            self.client.set_tag(run_id, FILES_SENT, "true")
+        except Exception as e:  # noqa: BLE001 - sorted below
+            if not background:
+                raise
+            self._lose(self._why(e))
 
     def _wait_for_background(self) -> None:
         """Let the background logging finish; one that failed is a warning, never an error."""

@@ -9,7 +9,7 @@ import time
 import optuna
 
 from search import compat
-from search.engine.heartbeat import Heartbeat
+from search.liveness.heartbeat import Heartbeat
 
 
 def test_a_trial_named_right_after_another_is_beaten_at_once(tmp_path):

@@ -212,7 +212,7 @@ def test_a_trial_whose_worker_died_before_saying_who_it_is_is_queued_again_by_it
 
 
 def test_a_live_worker_is_never_failed_however_late_its_heartbeat(tmp_path):
-    from search.runs import workers
+    from search.liveness import workers
 
     search = Search(algorithm="tpe", max_trials=3, options={"heartbeat_interval": 1, "grace_period": 2})
     oracle = OptunaOracle(search, 0, objective=kt.Objective("val_accuracy", "max"))

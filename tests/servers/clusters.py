@@ -122,17 +122,26 @@ class Postgres:
                                               "immediate", "-w", "stop"])
         for attempt in range(3):  # a free port can be taken between choosing it and binding it
             self.port = free_port()
-            options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} {FAST}"
             try:
-                self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
-                          "-w", "-t", "60", "-o", options, "start")
-                self._started = True
+                self.up()
                 return self
             except Unavailable:
                 if attempt == 2:
                     log = (self.root / "server.log")
                     raise Unavailable(f"PostgreSQL did not start: {log.read_text()[-500:] if log.exists() else ''}")
         raise AssertionError("unreachable")
+
+    def up(self) -> None:
+        """Start the server on its port (again, after `down`)."""
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} {FAST}"
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
+                  "-w", "-t", "60", "-o", options, "start")
+        self._started = True
+
+    def down(self) -> None:
+        """Stop the server as an administrator's restart does (`-m fast`: every connection is cut)."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self._started = False
 
     def url(self, database: str, scheme: str = "postgresql") -> str:
         return f"{scheme}://postgres@127.0.0.1:{self.port}/{database}"
@@ -170,14 +179,19 @@ class MlflowServer:
 
     def start(self, timeout: float = 120) -> MlflowServer:
         self.port = free_port()
-        log = open(self.root / "server.log", "wb")
+        atexit.register(self.stop)
+        self.up(timeout)
+        return self
+
+    def up(self, timeout: float = 120) -> None:
+        """Start the server on its port (again, after `down`), with the store and artifacts it had."""
+        log = open(self.root / "server.log", "ab")
         # Its own process group: the server's worker processes are stopped with it.
         self._process = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend,
              "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", "2"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root)
-        atexit.register(self.stop)
         self._guard = _guard(self.root, group=self._process.pid)  # its whole process group
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -185,17 +199,14 @@ class MlflowServer:
                 raise Unavailable(f"mlflow server exited: {(self.root / 'server.log').read_text()[-800:]}")
             try:
                 urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
-                return self
+                return
             except OSError:
                 time.sleep(0.2)
         self.stop()
         raise Unavailable(f"mlflow server did not answer within {timeout:.0f} s")
 
-    def log(self) -> str:
-        path = self.root / "server.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
+    def down(self) -> None:
+        """Stop the server (its whole process group) and keep its store and artifacts for `up`."""
         _unguard(self._guard)
         self._guard = None
         if self._process is not None and self._process.poll() is None:
@@ -207,5 +218,13 @@ class MlflowServer:
                     os.killpg(self._process.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                self._process.wait(timeout=20)
         self._process = None
+
+    def log(self) -> str:
+        path = self.root / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        self.down()
         shutil.rmtree(self.root, ignore_errors=True)

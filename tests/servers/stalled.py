@@ -21,7 +21,7 @@ search = Search(algorithm="tpe", max_trials=6, epochs=2, steps_per_epoch=2,
                 options={"heartbeat_interval": 1, "grace_period": 4})
 
 if os.environ.get("STALL_ELSEWHERE"):
-    from search.runs import workers
+    from search.liveness import workers
 
     _elsewhere = f"machine-of-{os.getpid()}"
     workers._namespace = lambda: _elsewhere

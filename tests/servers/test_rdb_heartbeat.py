@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from search import compat
 from search.declare import Search
-from search.engine.heartbeat import Heartbeat
+from search.liveness.heartbeat import Heartbeat
 from search.engine.optuna_oracle import OptunaOracle
 
 ELSEWHERE = {"host": "another-machine", "pid": 4242, "started": "1", "namespace": "elsewhere", "token": "cafe"}

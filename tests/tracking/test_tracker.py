@@ -152,7 +152,7 @@ def test_statuses_killed_failed_pruned_and_stale_runs(begun):
         tracker.on_trial_end(search, info, result(info, status))
         ended[info.trial_id] = status
     tracker.on_trial_begin(search, trial(search, 5))  # a trial the process dies in
-    assert tracker.enabled
+    assert not tracker.lost
     tracker._beating.set()
     tracking._OPEN.clear()  # as if this process were gone: nothing here holds its runs open any more
     # A new start of the same search: same parent, the dead trial's run is marked KILLED.
@@ -186,7 +186,7 @@ def test_trial_plots_are_logged_before_the_process_recycles(begun):
     tracker.on_epoch_end(search, info, 0, {"loss": 1.0, "val_accuracy": 0.5})
     tracker.on_trial_end(search, info, result(info, COMPLETED))
     tracker.on_search_pause(search)
-    assert not tracker._in_flight and tracker.enabled
+    assert not tracker._in_flight and not tracker.lost
     _, trials = runs_of(client)
     logged = {a.path for a in client.list_artifacts(trials[0].info.run_id, "plots")}
     assert {"plots/learning_curves.png", "plots/lr_schedule.png"} <= logged
@@ -212,7 +212,7 @@ def test_config_rejects_unknown_keys_and_env_overrides_uri(tmp_path, monkeypatch
 def test_a_run_of_a_dead_process_is_killed_at_once_and_one_elsewhere_by_age(begun):
     import subprocess
 
-    from search.runs import workers
+    from search.liveness import workers
 
     client, search, tracker = begun
     gone = subprocess.Popen(["true"])
@@ -236,7 +236,7 @@ def test_a_worker_the_study_found_dead_has_its_runs_killed_at_once_and_no_one_el
     """A worker on another machine cannot be seen to die; when a worker of the same study
     takes its trial for dead, that trial's run and the dead worker's search run end KILLED
     then, not 30 minutes later, and a live worker's runs and another study's are left alone."""
-    from search.runs import workers
+    from search.liveness import workers
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -282,7 +282,7 @@ def test_three_trackers_starting_at_once_on_a_fresh_store_all_track(tmp_path):
         "from search.tracking.config import TrackingConfig;"
         "t = tracker.MlflowTracker(TrackingConfig(log_models='none'));"
         f"t.on_search_begin(search_info(Path({str(tmp_path)!r}) / sys.argv[1], 'fake'));"
-        "print('enabled' if t.enabled else 'disabled', t.experiment_id)"
+        "print('enabled' if not t.lost else 'disabled', t.experiment_id)"
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "PYTHONPATH": str(REPO)}
     workers = [subprocess.Popen([sys.executable, "-c", script, f"w{i}"], env=env, cwd=REPO, stdout=subprocess.PIPE,

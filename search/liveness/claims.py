@@ -5,7 +5,7 @@ promote the champion. `claim(key)` is a compare-and-set: the first caller wins a
 callers learn who did. On an RDB storage (PostgreSQL, MySQL, SQLite) it is an INSERT into a
 table of our own beside Optuna's, whose primary key makes the second INSERT fail; on the
 journal file it is a file under an exclusive lock beside the journal. A claim whose holder
-is known to be dead (see search.runs.workers), or older than the caller's `stale_after`, and
+is known to be dead (see search.liveness.workers), or older than the caller's `stale_after`, and
 never finished is taken over with a conditional UPDATE (or under the same lock), so a killed
 promoter does not block the study. The same serves any once-only step of a shared study
 (queueing a dead worker's trial again: search.engine.optuna_oracle).
@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search.runs import atomic, workers
+from search.liveness import workers
+from search.runs import atomic
 from search.runs.locks import FolderLock
 
 TABLE = "transfer_search_claims"
