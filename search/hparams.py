@@ -25,6 +25,8 @@ FINE_TUNE_MODES = {
     "all": "every layer trains",
     "frozen": "the backbone is frozen: only the head trains",
     "top": "the last fine_tune_layers layers of the backbone train (BatchNormalization stays frozen)",
+    "probe_then_all": "the head trains alone for probe_epochs (on cached features), then every layer trains, "
+                      "peaking at fine_tune_learning_rate on the schedule started anew",
 }
 POOLINGS = {"avg": "global average pooling", "max": "global max pooling"}
 
@@ -56,6 +58,10 @@ class TrialConfig:
     schedule: str = "constant"
     augmentation: str = "none"
     label_smoothing: float = 0.0
+    # probe_then_all: epochs of the first stage (the head alone); the rest fine-tune everything
+    # from that head, the schedule started anew at its own peak rate.
+    probe_epochs: int = 3
+    fine_tune_learning_rate: float = 1e-5
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> TrialConfig:
@@ -153,6 +159,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "schedule": _one_of(SCHEDULES),
     "augmentation": _one_of(POLICIES),
     "label_smoothing": _number(0.0, 1.0, high_open=True),
+    "probe_epochs": _number(1, 10_000, integer=True),
+    "fine_tune_learning_rate": _number(1e-9, 10.0),
 }
 
 

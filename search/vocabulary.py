@@ -37,6 +37,8 @@ MEANING = {
     "schedule": "the learning-rate schedule",
     "augmentation": "the augmentation policy",
     "label_smoothing": "in [0, 1)",
+    "probe_epochs": "`probe_then_all`'s head-only epochs",
+    "fine_tune_learning_rate": "the peak rate after them (the schedule starts anew)",
 }
 WORDS: dict[str, Iterable[str]] = {"weights": WEIGHTS, "fine_tune": FINE_TUNE_MODES, "pooling": POOLINGS, "optimizer": OPTIMIZERS,
          "schedule": SCHEDULES, "augmentation": POLICIES}

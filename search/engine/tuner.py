@@ -37,6 +37,7 @@ from search.engine.hooks import COMPLETED, FAILED, KILLED, PRUNED, HookList, Sea
 from search.engine.memory import TrialMemory
 from search.errors import SearchError
 from search.models import build
+from search.models.features import FeatureCache
 from search.results import records
 from search.runs import atomic, faults
 from search.runs.layout import SpaceDir, TrialDir
@@ -131,6 +132,8 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         self.last_error: str | None = None
         self.failures: list[str] = []  # this process's failed trials' errors
         self._current: TrialInfo | None = None
+        self.feature_cache = FeatureCache(self.folder.features, limit_bytes=int(space.search.feature_cache_gb * 2**30)) \
+            if space.search.feature_cache else None
         if hasattr(oracle, "on_recovered"):  # Optuna: trials of dead workers told from their records
             oracle.on_recovered = self._publish_recorded
         if hasattr(oracle, "on_lost"):  # Optuna: trials whose worker another worker found dead
@@ -329,6 +332,7 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             ],
             build_model=user_builder(self.space, trial.hyperparameters),
             verbose=self.verbose,
+            feature_cache=self.feature_cache, cached_views=search.cached_views,
         )
         if trained.probabilities is None:
             raise training.TrialError(f"no epoch ran (epochs {info.initial_epoch} to {info.epochs})")
