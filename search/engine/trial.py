@@ -47,6 +47,8 @@ class Trained:
     probabilities: np.ndarray | None  # val probabilities of the epoch the weights are from (None: not validated)
     best_epoch: int | None
     train_images: int  # images per epoch
+    # A callback other than EarlyStopping stopped it (the time budget, a pruner): nothing follows.
+    stopped: bool = False
 
 
 def train(
@@ -113,7 +115,7 @@ def train(
     probed = _fit(fitted, model, config, data, split, epochs=probe_until, initial_epoch=initial_epoch,
                   seed=shuffle_seed, steps_per_epoch=steps_per_epoch, replicas=replicas, objective=objective,
                   patience=patience, callbacks=callbacks, history=history, verbose=verbose, stage=PROBE, inputs=inputs)
-    if probe_until >= epochs:
+    if probe_until >= epochs or probed.stopped:
         return probed
 
     # Second stage: everything trains, from the head the first stage left, at its own rate.
@@ -208,11 +210,12 @@ def _fit(
         *([_Stage(stage)] if stage is not None else []),
         _History(history),
     ]
+    early = None
     if objective is not None:
         # Always restore the best epoch: it is the one the trial is scored and saved by.
-        chain.append(keras.callbacks.EarlyStopping(
-            monitor=objective, mode=metrics.direction(objective), restore_best_weights=True,
-            patience=patience or epochs + 1))
+        early = keras.callbacks.EarlyStopping(monitor=objective, mode=metrics.direction(objective),
+                                              restore_best_weights=True, patience=patience or epochs + 1)
+        chain.append(early)
     chain += [*callbacks, EpochLine()]
 
     started = time.monotonic()
@@ -232,6 +235,7 @@ def _fit(
         probabilities=validation.probabilities if validation else None,
         best_epoch=validation.best_epoch if validation else None,
         train_images=images,
+        stopped=bool(fitted.stop_training) and not (early is not None and early.stopped_epoch > 0),
     )
 
 

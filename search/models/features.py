@@ -250,18 +250,23 @@ def feature_batches(features: Any, labels: np.ndarray, batch_size: int, *, shuff
     order = tf.data.Dataset.range(count)
     if shuffle:
         order = order.shuffle(count, seed=seed, reshuffle_each_iteration=True)
-    if views > 1:
-        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        order = tf.data.Dataset.zip(order, draws).map(lambda index, draw: tf.stack([draw % views, index]))
+    order = order.batch(batch_size)
+
+    def plain(index: Any) -> tuple[Any, Any]:
+        return tf.cast(tf.gather(table[0], index), tf.float32), tf.gather(targets, index)
+
+    def drawn(index: Any, draw: Any) -> tuple[Any, Any]:
+        view = draw[:tf.shape(index)[0]] % views
+        return tf.cast(tf.gather_nd(table, tf.stack([view, index], axis=1)), tf.float32), tf.gather(targets, index)
+
+    if views > 1:  # a batch of one view per image, drawn anew each epoch
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(batch_size)
+        batches = tf.data.Dataset.zip(order, draws).map(drawn, num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        order = order.map(lambda index: tf.stack([tf.zeros_like(index), index]))
-
-    def gather(at: Any) -> tuple[Any, Any]:
-        return tf.cast(tf.gather_nd(table, at), tf.float32), tf.gather(targets, at[:, 1])
-
+        batches = order.map(plain, num_parallel_calls=tf.data.AUTOTUNE)
     # Of unknown length, as the image pipeline is (its ignore_errors): Keras counts an epoch's
     # optimizer steps differently for the two, and Adam's bias correction follows that count.
-    batches = order.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    batches = batches.ignore_errors()
     if repeat:
         batches = batches.repeat()
     return batches.prefetch(tf.data.AUTOTUNE)

@@ -103,3 +103,29 @@ def test_the_xla_setting_reaches_compile(tmp_path):
         assert model.jit_compile is False
     finally:
         build.set_jit_compile(False)
+
+
+class _StopAfterFirstEpoch(keras.callbacks.Callback):
+    """As the time budget's callback does: asks the model to stop."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = True
+
+
+def test_a_probe_stopped_by_the_budget_or_a_pruner_is_not_fine_tuned(tmp_path, digits_split_folders, notop_weights):
+    import tensorflow as tf
+
+    from search.engine import trial
+    from search.hparams import TrialConfig
+    from search.models.features import FeatureCache
+
+    data = open_data(Data(str(digits_split_folders)), runs_dir=tmp_path)
+    config = TrialConfig(backbone="MobileNetV2", weights=str(notop_weights), image_size=32, fine_tune="probe_then_all",
+                         probe_epochs=2, head_width=16)
+    cache = FeatureCache(tmp_path / "features")
+    stopped = trial.train(config, data, tf.distribute.get_strategy(), epochs=4, seed=0, shuffle_seed=0,
+                          feature_cache=cache, callbacks=[_StopAfterFirstEpoch()])
+    assert stopped.history["stage"] == [trial.PROBE]
+    followed = trial.train(config, data, tf.distribute.get_strategy(), epochs=3, seed=0, shuffle_seed=0,
+                           feature_cache=cache)
+    assert followed.history["stage"] == [trial.PROBE, trial.PROBE, trial.FINE_TUNE]
