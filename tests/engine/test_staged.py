@@ -129,3 +129,13 @@ def test_a_probe_stopped_by_the_budget_or_a_pruner_is_not_fine_tuned(tmp_path, d
     followed = trial.train(config, data, tf.distribute.get_strategy(), epochs=3, seed=0, shuffle_seed=0,
                            feature_cache=cache)
     assert followed.history["stage"] == [trial.PROBE, trial.PROBE, trial.FINE_TUNE]
+
+
+@pytest.mark.parametrize("setting", [{"cached_views": 0}, {"cached_views": 2.5}, {"feature_cache_gb": 0},
+                                     {"feature_cache_gb": "10"}])
+def test_impossible_cache_settings_are_refused_naming_the_setting(setting):
+    from search.declare import Search
+    from search.errors import SpaceError
+
+    with pytest.raises(SpaceError, match=f"Search\\({next(iter(setting))}="):
+        Search(**setting)
