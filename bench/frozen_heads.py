@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -54,8 +54,7 @@ def hyperparameters(hp):
 '''
 
 
-@dataclasses.dataclass
-class Mode:
+class Mode(NamedTuple):
     backbone: str
     size: int
     train_per_class: int
