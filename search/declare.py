@@ -88,6 +88,18 @@ class Search:
     # "all" keeps every trial's model (needed for ensembles), "best" only the best so far.
     keep_models: str = "all"
     mixed_precision: bool = False
+    # XLA compilation of training steps where it applies (a GPU or TPU); off on CPU.
+    jit_compile: bool = True
+    # Frozen backbones (fine_tune frozen, or probe_then_all's first stage) embed the data once:
+    # pooled features kept under runs/<space>/features/, shared by every trial and worker, at
+    # most feature_cache_gb (least recently used entries go first).
+    feature_cache: bool = True
+    feature_cache_gb: float = 20.0
+    # With an augmentation policy and a cached backbone: views of each training image kept
+    # (view 0 the plain image), one drawn per image per epoch. More views, more variety, and
+    # that many backbone passes to build them; 1 trains cached heads on plain images only
+    # (the trade-off is measured by bench/cached_views.py).
+    cached_views: int = 1
     # The command line starts a fresh process (and resumes) after this many trials. Each
     # trial's memory is released after it (search.memory), so None (never) is the default;
     # a number bounds what a leak outside the search's reach (custom code, a GPU allocator
@@ -135,5 +147,10 @@ class Search:
             raise SpaceError(f"Search(options={self.options!r}) must be a dict, e.g. options={{'factor': 3}}.")
         if uses_optuna(self.algorithm):
             optuna_options(self.options)  # its settings and pruner; the sampler's arguments when it is built
+        if isinstance(self.cached_views, bool) or not isinstance(self.cached_views, int) or self.cached_views < 1:
+            raise SpaceError(f"Search(cached_views={self.cached_views!r}) must be a whole number >= 1, e.g. 4.")
+        if isinstance(self.feature_cache_gb, bool) or not isinstance(self.feature_cache_gb, (int, float)) \
+                or not self.feature_cache_gb > 0:
+            raise SpaceError(f"Search(feature_cache_gb={self.feature_cache_gb!r}) must be a number of GB > 0, e.g. 20.")
         if not isinstance(self.tensorboard, bool):
             raise SpaceError(f"Search(tensorboard={self.tensorboard!r}) must be True or False.")

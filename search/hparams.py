@@ -31,6 +31,8 @@ FINE_TUNE_MODES = {
     "all": "every layer trains",
     "frozen": "the backbone is frozen: only the head trains",
     "top": "the last fine_tune_layers layers of the backbone train (BatchNormalization stays frozen)",
+    "probe_then_all": "the head trains alone for probe_epochs (on cached features), then every layer trains, "
+                      "peaking at fine_tune_learning_rate on the schedule started anew",
 }
 POOLINGS = {"avg": "global average pooling", "max": "global max pooling"}
 
@@ -116,6 +118,12 @@ class TrialConfig:
     schedule: str = _declared("constant", "the learning-rate schedule", _one_of(SCHEDULES), SCHEDULES)
     augmentation: str = _declared("none", "the augmentation policy", _one_of(POLICIES), POLICIES)
     label_smoothing: float = _declared(0.0, "in [0, 1)", _number(0.0, 1.0, high_open=True))
+    # probe_then_all: epochs of the first stage (the head alone); the rest fine-tune everything
+    # from that head, the schedule started anew at its own peak rate.
+    probe_epochs: int = _declared(3, "`probe_then_all`'s head-only epochs", _number(1, 10_000, integer=True))
+    fine_tune_learning_rate: float = _declared(1e-5, "the peak rate after them (the schedule starts anew)",
+                                               _number(1e-9, 10.0))
+
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> TrialConfig:
         """Build a config from hp values, ignoring names it does not hold (Keras Tuner's
@@ -128,8 +136,6 @@ class TrialConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
 
 
 NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialConfig))

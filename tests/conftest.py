@@ -123,6 +123,33 @@ def digits_split_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def notop_weights(digits_split_folders: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MobileNetV2 weights file without its top for 32 px, trained a little on the digits (a
+    random one's inference-mode features are all zero), as the report's Level 2 loads a notop file."""
+    import keras
+
+    from search.data.dataset import open_data
+    from search.declare import Data
+    from search.models import build
+
+    keras.utils.set_random_seed(3)
+    backbone = build.construct_headless(build.get_backbone("MobileNetV2"), (32, 32, 3), None)
+    for layer in build.all_layers(backbone):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.5  # statistics that follow a few steps of training
+    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(backbone.output))
+    model = keras.Model(backbone.input, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    folder = tmp_path_factory.mktemp("notop")
+    data = open_data(Data(str(digits_split_folders)), runs_dir=folder / "runs")
+    model.fit(data.dataset("train", 32, 16, shuffle=True, seed=1).map(lambda x, y: (x / 127.5 - 1.0, y)),
+              epochs=2, verbose=0)
+    path = folder / "mobilenetv2_notop.weights.h5"
+    backbone.save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def digits_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A zip shaped like Kaggle's 14-celebrity-faces one: ``data/train/<0..9>/*.jpg``
     (14 per class) and ``data/val/<0..9>/*.jpg`` (6 per class), plus a ``__MACOSX/`` entry."""

@@ -18,7 +18,8 @@ def _load(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["overhead", "input_pipeline", "memory", "gpu", "workers", "mistakes"])
+@pytest.mark.parametrize("name", ["overhead", "input_pipeline", "memory", "gpu", "workers", "mistakes", "frozen_heads",
+                                  "two_stages", "cached_views"])
 def test_bench_script_loads_and_parses_its_options(name, capsys):
     module = _load(name)
     with pytest.raises(SystemExit) as exit_:

@@ -116,6 +116,10 @@ class ImageData:
         """Number of images in a split (0 when the split is absent)."""
         return self._split(split).count if split in self._splits or split == TRAIN_VAL else 0
 
+    def files(self, split: str) -> list[Path]:
+        """The files a split is read from: its images in `labels` order, or its TFRecord files."""
+        return self._split(split).read_from()
+
     def labels(self, split: str) -> np.ndarray:
         """Integer labels in the order `dataset(split, shuffle=False)` yields them."""
         part = self._split(split)

@@ -30,6 +30,7 @@ from search.engine.factory import check_options, make_source, shares_folder, stu
 from search.engine.source import TooManyFailures
 from search.engine.tuner import DamagedState, Recycle, SpaceTuner
 from search.errors import SearchError
+from search.models import build
 from search.redaction import redact, redact_all
 from search.results import records
 from search.runs import atomic, diskfull
@@ -218,6 +219,9 @@ def run_search(space: Space, *, runs_dir: Path = Path("runs"), fresh: bool = Fal
     data = open_data(space.data, runs_dir=runs_dir, seed=search.seed)
     strategy = strategies.detect()
     precision = strategies.set_mixed_precision(search.mixed_precision, strategy)
+    jit = strategies.jit_compile(search.jit_compile, strategy)
+    build.set_jit_compile(jit)
+    precision += ", XLA" if jit else ""
     folder = SpaceDir(runs_dir / space.name)
     lock = _lock(space, folder, fresh)
     try:
@@ -317,6 +321,8 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
             print(f"Best model: {folder.best_model}")
     if budget is not None:
         print(budget.summary(outcome.finished, search.max_trials))
+    if tuner.feature_cache is not None and (tuner.feature_cache.hits or tuner.feature_cache.builds):
+        print(tuner.feature_cache.summary())
     if outcome.message:
         print(("error: " if outcome.status == FAILED else "") + outcome.message, file=sys.stderr)
     return outcome

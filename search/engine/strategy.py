@@ -129,3 +129,9 @@ def set_mixed_precision(enabled: bool, strategy: tf.distribute.Strategy) -> str:
         logger.warning("mixed precision asked for, but there is no GPU or TPU: training in float32 on CPU")
     keras.mixed_precision.set_global_policy(policy)
     return policy
+
+
+def jit_compile(enabled: bool, strategy: tf.distribute.Strategy) -> bool:
+    """Whether train steps compile with XLA: when asked for and there is a GPU or TPU (on CPU
+    XLA's compile time is rarely paid back)."""
+    return bool(enabled) and (_is_tpu(strategy) or bool(_gpus()))

@@ -42,6 +42,7 @@ from search.engine.source import Asked, TooManyFailures, TrialSource
 from search.errors import SearchError
 from search.models import build
 from search.redaction import redact
+from search.models.features import FeatureCache
 from search.results import records
 from search.runs import atomic, diskfull, faults
 from search.runs.layout import SpaceDir, TrialDir
@@ -109,6 +110,9 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         self.failures: list[str] = []  # this process's failed trials' errors
         source.open(info.space_dir)
         source.connect(self._publish_recorded, lambda trial_id: self.hooks.on_trial_lost(self.info, trial_id))
+        self._current: TrialInfo | None = None
+        self.feature_cache = FeatureCache(self.folder.features, limit_bytes=int(space.search.feature_cache_gb * 2**30)) \
+            if space.search.feature_cache else None
         super().__init__(
             oracle=source.oracle,
             hypermodel=_SpaceHyperModel(space),
@@ -287,6 +291,7 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             ],
             build_model=user_builder(self.space, asked.hyperparameters),
             verbose=self.verbose,
+            feature_cache=self.feature_cache, cached_views=search.cached_views,
         )
         if trained.probabilities is None:
             raise training.TrialError(f"no epoch ran (epochs {info.initial_epoch} to {info.epochs})")

@@ -20,6 +20,8 @@ import numpy as np
 from search.errors import ModelError, did_you_mean
 from search.runs import atomic
 from search.hparams import FINE_TUNE_MODES, TrialConfig
+from search.models.head import head_layers, pooling_layer
+from search.models.head import head_widths as head_widths  # re-exported: callers import it from here
 from search.models.backbones import BACKBONES, PREPROCESSING, Backbone, with_weights
 from search.models.optimizers import OPTIMIZERS
 from search.models.schedules import learning_rate_schedule
@@ -118,7 +120,7 @@ def _construct_backbone(backbone: Backbone, size: int, weights: str | None, give
 def _set_trainable(backbone: keras.Model, mode: str, top_layers: int) -> None:
     if mode == "frozen":
         backbone.trainable = False
-    elif mode == "all":
+    elif mode in ("all", "probe_then_all"):
         backbone.trainable = True
     elif mode == "top":
         backbone.trainable = True
@@ -167,11 +169,6 @@ def model_name(config: TrialConfig) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"{config.backbone}_{config.image_size}")
 
 
-def head_widths(config: TrialConfig) -> list[int]:
-    """Widths of the Dense layers between pooling and softmax: head_width, then halving."""
-    return [max(1, int(config.head_width) // 2**i) for i in range(int(config.head_layers))]
-
-
 def build_model(config: TrialConfig, num_classes: int, *, name: str | None = None) -> keras.Model:
     """Backbone + head for `config`, taking raw (image_size, image_size, 3) pixels in 0..255.
 
@@ -203,20 +200,11 @@ def build_model(config: TrialConfig, num_classes: int, *, name: str | None = Non
     x = _preprocess(inputs, backbone_spec.preprocessing)
     # A frozen or partly frozen backbone runs in inference mode, so its BatchNormalization
     # layers keep their statistics even when part of it is trainable.
-    x = backbone(x) if config.fine_tune == "all" else backbone(x, training=False)
-    pool = keras.layers.GlobalAveragePooling2D if config.pooling == "avg" else keras.layers.GlobalMaxPooling2D
-    x = pool(name=f"{config.pooling}_pool")(x)
-    if config.head_batchnorm:
-        x = keras.layers.BatchNormalization(name="head_bn")(x)
-    for index, width in enumerate(head_widths(config), start=1):
-        if config.dropout > 0:
-            x = keras.layers.Dropout(config.dropout, name=f"head_dropout_{index}")(x)
-        x = keras.layers.Dense(width, activation="relu", name=f"head_dense_{index}")(x)
-        if config.head_batchnorm:
-            x = keras.layers.BatchNormalization(name=f"head_dense_{index}_bn")(x)
-    if config.dropout > 0:
-        x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(int(num_classes), activation="softmax", dtype="float32", name="predictions")(x)
+    x = backbone(x) if config.fine_tune in ("all", "probe_then_all") else backbone(x, training=False)
+    x = pooling_layer(config)(x)
+    for layer in head_layers(config, num_classes):
+        x = layer(x)
+    outputs = x
     return keras.Model(inputs, outputs, name=name or model_name(config))
 
 
@@ -263,6 +251,14 @@ class SparseCategoricalCrossentropyWithSmoothing(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
+# XLA compilation of train steps: set once per search where it applies (search.engine.strategy).
+_jit = {"compile": False}
+
+
+def set_jit_compile(enabled: bool) -> None:
+    _jit["compile"] = bool(enabled)
+
+
 def compile_model(model: keras.Model, config: TrialConfig, *, replicas: int = 1) -> None:
     """Compile with config's optimizer at its schedule's epoch-0 rate, sparse cross-entropy, accuracy.
 
@@ -283,7 +279,7 @@ def compile_model(model: keras.Model, config: TrialConfig, *, replicas: int = 1)
         loss: keras.losses.Loss = SparseCategoricalCrossentropyWithSmoothing(config.label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=_jit["compile"])
 
 
 def save_for_serving(model: keras.Model, path: str | os.PathLike[str]) -> Path:

@@ -30,6 +30,8 @@ log = logging.getLogger("search")
 
 # The metrics trials.csv and the leaderboard show, best-epoch values.
 COLUMNS = tuple(metrics.METRICS)
+# history["stage"] of a trial with a frozen stage (search.engine.trial's PROBE, FINE_TUNE).
+STAGES = {1.0: "probe", 2.0: "fine_tune"}
 FINISHED = (COMPLETED, "PRUNED")  # a trial that trained and was scored
 _warned: set[Path] = set()
 
@@ -153,6 +155,7 @@ def trials_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         row["backbone"] = model_of(r)
         best = r.get("best") or {}
         row.update({m: best.get(m) for m in COLUMNS})
+        row["stage"] = STAGES.get(float(best.get("stage") or 0))  # staged trials: the stage of the best epoch
         row.update({
             "epochs_run": r.get("epochs_run"),
             "seconds": r.get("seconds"),

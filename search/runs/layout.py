@@ -13,6 +13,7 @@ space's folder again from a space file or a name).
         champion.keras ensemble.json ensemble/   the promoted model (search.ensemble)
         leaderboard.csv size_vs_accuracy.png importance.* pareto.*   reports
         export/ featuremaps/ tensorboard/
+        features/              pooled features of frozen backbones (search.models.features)
 """
 
 from __future__ import annotations
@@ -161,6 +162,10 @@ class SpaceDir:
         return self.path / "export"
 
     @property
+    def features(self) -> Path:
+        return self.path / "features"
+
+    @property
     def featuremaps(self) -> Path:
         return self.path / "featuremaps"
 
@@ -194,7 +199,7 @@ class SpaceDir:
             self.skipped, self.tuner, self.journal, self.journal_claims, self.mlflow_record, self.champion, self.ensemble_record,
             self.ensemble, self.leaderboard, self.size_plot, self.pareto_csv, self.pareto_plot,
             self.importance_csv, self.importance_plot, self.export, self.featuremaps, self.tensorboard,
-            self.study_cache,
+            self.study_cache, self.features,
         ]
         return [p for p in names if p.exists() or p.is_symlink()]
 
