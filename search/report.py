@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from search.results.pareto import write_pareto
         from search.results.records import leaderboard, trials_table
         from search.runs import atomic
-        from search.runs.saved import locate
+        from search.results.saved import locate
 
         saved = locate(args.space, Path(args.runs_dir))
         gathered = study.gather(saved, storage=args.storage)

@@ -138,8 +138,6 @@ LAYERS = (
 # Imports that still go up, each in code another change owns; the list only shrinks.
 GOING_UP = {
     ("results", "tracking"): "results.study and results.pareto fetch other workers' runs from MLflow",
-    ("runs", "data"): "runs.saved opens a saved search's data",
-    ("runs", "space"): "runs.saved loads a saved search's space",
 }
 
 

@@ -40,7 +40,7 @@ from search.metrics import accuracy, log_loss
 from search.models import build
 from search.results import study
 from search.runs import atomic, faults
-from search.runs.saved import SavedSearch, locate
+from search.results.saved import SavedSearch, locate
 from search.runs.locks import FolderLock
 from search.tracking.config import load_config, shared, tracking_uri
 
