@@ -116,7 +116,7 @@ def open_results(space: str, *, runs_dir: str | Path = "runs", status: str = "",
             study_name: str | None = None, storage: str | None = None) -> Result:
     """The results of a search already run (its name or space file), as `run_space` returns them."""
     from search.report import ranked
-    from search.results import study as studies
+    from search.tracking import study as studies
     from search.results.records import trials_table
     from search.results.saved import locate
 

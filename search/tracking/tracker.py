@@ -22,7 +22,7 @@ else once the run's `heartbeat` tag is older than `stale_after_minutes`.
 
 Each trial run also gets the trial's model, val probabilities and record as artifacts
 (`trial/`), with the digest of the val labels as a tag, so that the report and the ensemble
-of a study shared by several machines can use every trial (`search.results.study`).
+of a study shared by several machines can use every trial (`search.tracking.study`).
 """
 
 from __future__ import annotations

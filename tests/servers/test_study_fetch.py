@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from search.results import study
+from search.tracking import study
 from search.results.saved import locate
 
 
