@@ -116,9 +116,9 @@ def open_results(space: str, *, runs_dir: str | Path = "runs", status: str = "",
             study_name: str | None = None, storage: str | None = None) -> Result:
     """The results of a search already run (its name or space file), as `run_space` returns them."""
     from search.report import ranked
-    from search.results import study as studies
+    from search.tracking import study as studies
     from search.results.records import trials_table
-    from search.runs.saved import locate
+    from search.results.saved import locate
 
     saved = locate(str(space), Path(runs_dir))
     gathered = studies.gather(saved)
@@ -142,6 +142,6 @@ def promote(space: str, *, runs_dir: str | Path = "runs", method: str = "auto", 
             tracking: bool = True) -> dict[str, Any]:
     """Promote a search's champion again (as `python -m search.ensemble`); returns ensemble.json's content."""
     from search.ensembles.promote import promote as promoting
-    from search.runs.saved import locate
+    from search.results.saved import locate
 
     return promoting(locate(str(space), Path(runs_dir)), method=method.replace("-", "_"), force=force, track=tracking)

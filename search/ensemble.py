@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from search.ensembles.promote import promote
-        from search.runs.saved import locate
+        from search.results.saved import locate
 
         saved = locate(args.space, Path(args.runs_dir))
         promote(saved, top_k=args.top_k, rounds=args.rounds, refit=args.refit, track=not args.no_tracking,

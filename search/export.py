@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SearchError(f"--max-images {args.max_images}: give a number >= 1.")
         import pandas as pd
 
-        from search.runs.saved import locate
+        from search.results.saved import locate
 
         saved = locate(args.space, Path(args.runs_dir))
         models = chosen_models(saved.space_dir, args)

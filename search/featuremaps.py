@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import keras
 
         import search.models.build  # noqa: F401 - registers the custom loss some saved models name
-        from search.runs.saved import locate
+        from search.results.saved import locate
 
         saved = locate(args.space, Path(args.runs_dir))
         model_path, label = _model_file(args, saved.space_dir)

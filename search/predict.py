@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.tta < 1:
             raise SearchError(f"--tta {args.tta}: give the number of views to average, 1 (none) or more.")
         from search.runs.layout import served_model
-        from search.runs.saved import locate
+        from search.results.saved import locate
 
         saved = locate(args.space, Path(args.runs_dir))
         if args.model:

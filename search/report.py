@@ -51,11 +51,12 @@ def ranked(table: pd.DataFrame, objective: str) -> pd.DataFrame:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from search.results import importance, plots, study
+        from search.results import importance, plots
+        from search.tracking import study
         from search.results.pareto import write_pareto
         from search.results.records import leaderboard, trials_table
         from search.runs import atomic
-        from search.runs.saved import locate
+        from search.results.saved import locate
 
         saved = locate(args.space, Path(args.runs_dir))
         gathered = study.gather(saved, storage=args.storage)
@@ -97,11 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     written += write_pareto(folder.path, gathered.listed)
     print(f"Wrote {', '.join(str(p) for p in written)}")
     if not args.no_mlflow:
-        from search.tracking.client import attach
+        from search.tracking.client import attach, log_search_metrics
 
         print(attach(folder, written))
         if found is not None:
-            importance.log_to_run(folder, found)
+            log_search_metrics(folder, {f"importance_{name}": value
+                                        for name, value in zip(found.table["hyperparameter"], found.table["importance"])})
     return 0
 
 

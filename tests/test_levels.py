@@ -13,7 +13,7 @@ from PIL import Image
 
 from search import run
 from search.hparams import TrialConfig
-from search.runs.saved import locate
+from search.results.saved import locate
 from search.space import load_space
 
 from conftest import digit_images, oracle_proposals, petals_example

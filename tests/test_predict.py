@@ -19,7 +19,7 @@ from PIL import Image
 
 from search import predict
 from search.data.dataset import decode_image
-from search.runs.saved import locate
+from search.results.saved import locate
 
 from conftest import digit_images, petals_example, write_records
 

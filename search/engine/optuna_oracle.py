@@ -297,7 +297,7 @@ class OptunaOracle(Reaper, kt.Oracle):
         super().end_trial(trial)
 
     def _tell(self, asked: optuna.Trial, trial: kt.engine.trial.Trial, result: TrialResult | None) -> None:
-        from search.results import study  # the record's summary, kept in the study (results sits above engine)
+        from search.tracking import study  # the record's summary, kept in the study
 
         kept = study.summary_of(self.folder.trial(trial.trial_id)) if self.folder is not None else None
         if kept is not None:

@@ -309,10 +309,12 @@ def _search(space: Space, data: ImageData, folder: SpaceDir, strategy: Any, prec
         outcome.message = (f"no trial finished: {_common_error(errors)}. Details: {folder.trials}/*/error.txt"
                            if errors else "no trial finished.")
     hook_list.on_search_end(info, outcome.status)
-    if search.minimize:
-        from search.results.pareto import finish
+    if search.minimize:  # the front, attached to the search's MLflow run
+        from search.results.pareto import write_pareto
+        from search.tracking.client import attach
 
-        finish(folder.path)
+        if fronts := write_pareto(folder.path):
+            print(attach(folder, fronts))
     board = records.leaderboard(table, search.objective)
     if not board.empty and outcome.finished:
         with pd.option_context("display.width", 200, "display.max_columns", 30):

@@ -38,9 +38,9 @@ from search.ensembles.selection import Selection, best_single, followed, greedy_
 from search.errors import SearchError
 from search.metrics import accuracy, log_loss
 from search.models import build
-from search.results import study
+from search.tracking import study
 from search.runs import atomic, faults
-from search.runs.saved import SavedSearch, locate
+from search.results.saved import SavedSearch, locate
 from search.runs.locks import FolderLock
 from search.tracking.config import load_config, shared, tracking_uri
 

@@ -188,18 +188,3 @@ def optuna_plots(study: Any, folder: Path) -> list[Path]:
 
 def _save(figure: Any, path: Path) -> None:
     figure.savefig(path, format="png", bbox_inches="tight")
-
-
-def log_to_run(folder: SpaceDir, found: Importance) -> None:
-    """importance_<name> metrics on the search's MLflow run (the files go with the report's)."""
-    from search.tracking import client as clients
-
-    run = clients.search_run(folder)
-    if run is None:
-        return
-    try:
-        client = clients.connect(run[0])
-        for name, value in zip(found.table["hyperparameter"], found.table["importance"]):
-            client.log_metric(run[1], f"importance_{name}", float(value))
-    except Exception:  # noqa: BLE001 - the files on disk and their artifacts are what matters
-        pass

@@ -49,7 +49,7 @@ def front_table(records: list[dict[str, Any]], objective: str, cost: str) -> pd.
 def write_pareto(space_dir: Path, records: list[dict[str, Any]] | None = None) -> list[Path]:
     """Write pareto.csv and pareto.png for a multi-objective search; [] for a single-objective one.
     `records` default to the folder's own trials (a shared study: every worker's, see
-    search.results.study)."""
+    search.tracking.study)."""
     folder = SpaceDir(space_dir)
     try:
         settings = json.loads(folder.record.read_text()).get("settings", {})
@@ -87,16 +87,6 @@ def plot_front(table: pd.DataFrame, objective: str, cost: str, path: Path, *, ti
     axes.legend()
     axes.set_title(f"{title}: what each {COST_LABELS.get(cost, cost).split(' (')[0]} buys".strip(": "))
     return plots.save(drawn, path)
-
-
-def finish(space_dir: Path) -> list[Path]:
-    """At a search's end: write the front and attach it to the search's MLflow run."""
-    paths = write_pareto(space_dir)
-    if paths:
-        from search.tracking.client import attach
-
-        print(attach(SpaceDir(space_dir), paths))
-    return paths
 
 
 def latency_ms(model: Any, runs: int = 10) -> float:

@@ -1,4 +1,4 @@
-"""The runs folder: every path the tool reads or writes (`search.runs.saved` finds a searched
+"""The runs folder: every path the tool reads or writes (`search.results.saved` finds a searched
 space's folder again from a space file or a name).
 
     runs/                      RunsDir (--runs-dir)

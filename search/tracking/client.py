@@ -211,3 +211,16 @@ def attach(folder: SpaceDir, paths: list[Path], artifact_path: str = "report") -
     except Exception as e:  # noqa: BLE001 - the files on disk are what matters
         return f"warning: could not log to MLflow run {run_id} at {redact(uri)}: {redact(str(e))[:300]}"
     return f"MLflow: {artifact_path.split('/')[0]} logged to run {run_id} (artifacts/{artifact_path}) at {redact(uri)}"
+
+
+def log_search_metrics(folder: SpaceDir, metrics: dict[str, float]) -> None:
+    """Metrics on the search's MLflow run (importance_<name>, ...); the files on disk are what matters."""
+    found = search_run(folder)
+    if not load_config().enabled or found is None:
+        return
+    try:
+        client = connect(found[0])
+        for name, value in metrics.items():
+            client.log_metric(found[1], name, float(value))
+    except Exception:  # noqa: BLE001 - tracking never fails a command
+        pass

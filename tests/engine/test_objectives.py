@@ -15,7 +15,7 @@ from search import metrics
 from search.engine.runner import run_search
 from search.ensembles.promote import promote
 from search.results.records import leaderboard, load_records, trials_table
-from search.runs.saved import locate
+from search.results.saved import locate
 from search.space import load_space
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from search import run
 from search.ensembles import heldout
 from search.ensembles import promote as promotion
-from search.runs.saved import locate
+from search.results.saved import locate
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -18,7 +18,7 @@ from search.ensembles import promote as promotion
 from search.ensembles.model import build_ensemble_model
 from search.ensembles.selection import greedy_selection, top_k_average
 from search.runs.layout import RunsDir, SpaceDir
-from search.runs.saved import SavedSearch, locate
+from search.results.saved import SavedSearch, locate
 from search.ensembles.selection import best_single, weighted_average
 from search.metrics import accuracy
 
@@ -289,7 +289,7 @@ def test_refit_trains_under_the_strategy_with_the_global_batch_on_train_and_val_
         from search.engine import runner
         from search.ensembles import promote
         from search.space import load_space
-        from search.runs.saved import locate
+        from search.results.saved import locate
 
         space = load_space({str(TINY)!r}, data_path={str(digits_folders)!r}, max_trials=2)
         runner.run_search(space, runs_dir=__import__("pathlib").Path({str(tmp_path)!r}), verbose=0, tracking=False)

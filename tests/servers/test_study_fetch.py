@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 
-from search.results import study
-from search.runs.saved import locate
+from search.tracking import study
+from search.results.saved import locate
 
 
 def test_a_trial_still_sending_its_files_is_left_out_until_they_all_came(mlflow_server, tmp_path, monkeypatch):

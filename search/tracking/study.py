@@ -28,7 +28,7 @@ import numpy as np
 
 from search.results.records import FINISHED, load_records, read_record
 from search.runs.layout import TrialDir
-from search.runs.saved import SavedSearch
+from search.results.saved import SavedSearch
 
 LOCAL, FETCHED, STUDY = "local", "tracking store", "study"
 # The Optuna trial user attribute holding the summary of the trial's record.
