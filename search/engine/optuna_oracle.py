@@ -30,7 +30,7 @@ from search.declare import Search
 from search.engine import interrupts
 from search.liveness.claims import Claims
 from search.liveness.heartbeat import Heartbeat
-from search.engine.optuna_storage import open_storage, storage_for_children
+from search.engine.optuna_storage import open_storage, storage_for_children, tell
 from search.engine.reaper import LOST, Reaper, counted, lost
 from search.engine.samplers import distributions, make_pruner, make_sampler, suggest, typed_options
 from search.errors import SearchError
@@ -124,21 +124,22 @@ class OptunaOracle(Reaper, kt.Oracle):
         self._rdb_storage = storage if isinstance(storage, optuna.storages.RDBStorage) and beats else None
         self._claims = Claims(storage_for_children(self.storage_url, self.folder.path))
         try:
-            self._study = optuna.create_study(
+            self._study = self._storage_call(lambda: optuna.create_study(
                 study_name=self.name, storage=storage, pruner=self.pruner,
                 sampler=make_sampler(self.search.algorithm, self.base_seed, self.search.max_trials, self.sampler_options),
                 directions=[optuna.study.StudyDirection[d.upper()] for d in self.directions], load_if_exists=True,
-            )
+            ))
         except ValueError as e:
             raise SearchError(f"Optuna study {self.name!r} in {where}: {redact(str(e))}. "
                               "Pass --study NAME for a new study.") from None
-        if [d.name.lower() for d in self.study.directions] != self.directions:
+        directions = self._storage_call(lambda: self.study.directions)
+        if [d.name.lower() for d in directions] != self.directions:
             raise SearchError(
-                f"Optuna study {self.name!r} in {where} optimizes {[d.name.lower() for d in self.study.directions]}, "
+                f"Optuna study {self.name!r} in {where} optimizes {[d.name.lower() for d in directions]}, "
                 f"this search {self.directions} (Search.minimize changed?); pass --study NAME or --fresh.")
         # optuna-dashboard shows these instead of "Objective 0".
         names = [self.metric] + ([str(self.search.minimize)] if self.multi else [])
-        if self.study.metric_names != names:
+        if self._storage_call(lambda: self.study.metric_names) != names:
             self._storage_call(lambda: self.study.set_metric_names(names))
 
     # Trials -------------------------------------------------------------------------
@@ -158,13 +159,14 @@ class OptunaOracle(Reaper, kt.Oracle):
         return trial
 
     def populate_space(self, trial_id: str) -> dict[str, Any]:
-        return {"status": TrialStatus.RUNNING, "values": suggest(self._asked[trial_id], self.hyperparameters)}
+        asked = self._asked[trial_id]  # the sampler reads the study and writes each value to it
+        return {"status": TrialStatus.RUNNING, "values": self._storage_call(lambda: suggest(asked, self.hyperparameters))}
 
     def restore(self, records: list[dict[str, Any]]) -> int:
         """Add to a study that lost them (a journal deleted or replaced) the ended trials whose
         records are in trials/, in their order, so their numbers and ids are taken again and
         none runs again. Once, under a claim, whichever workers start at that moment."""
-        trials = self.study.get_trials(deepcopy=False)
+        trials = self._trials()
         known = {str(t.user_attrs.get("kt_trial_id")) for t in trials}
         missing = sorted((r for r in records if r["status"] in ENDED and r["trial_id"] not in known),
                          key=lambda r: r["trial_id"])
@@ -191,18 +193,18 @@ class OptunaOracle(Reaper, kt.Oracle):
 
     def finished_count(self) -> int:
         """The study's trials that ended and count towards max_trials (all workers)."""
-        trials = self.study.get_trials(deepcopy=False)
+        trials = self._trials()
         return sum(1 for t in counted(trials) if t.state.is_finished())
 
     def completed_count(self) -> int:
         """The study's trials that ended with a result (complete or pruned), whichever worker ran them."""
-        return sum(1 for t in self.study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+        return sum(1 for t in self._trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
 
     def _ask(self) -> optuna.Trial | None:
         """The next trial of the study, or None when the study has all its trials."""
         while True:
             self.reap()
-            trials = self.study.get_trials(deepcopy=False)
+            trials = self._trials()
             budget = counted(trials)
             waiting = any(t.state == TrialState.WAITING for t in trials)
             if len(budget) >= self.search.max_trials and not waiting:
@@ -228,7 +230,7 @@ class OptunaOracle(Reaper, kt.Oracle):
                 # here, so a worker killed before its heartbeat process beats is still noticed.
                 self._storage_call(lambda: rdb.record_heartbeat(compat.trial_id(trial)))
             self._storage_call(lambda: trial.set_user_attr("kt_trial_id", f"{trial.number:04d}"))
-            trials = self.study.get_trials(deepcopy=False)
+            trials = self._trials()
             frozen = next(t for t in trials if t.number == trial.number)
             recovered = {t.system_attrs["recovers"] for t in trials if "recovers" in t.system_attrs}
             origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
@@ -240,7 +242,7 @@ class OptunaOracle(Reaper, kt.Oracle):
             # Several workers asked for the last trial at once (the lowest numbers win), or
             # this retry's trial was recovered from its record meanwhile.
             self._storage_call(lambda: trial.set_user_attr("surplus", True))
-            self._storage_call(lambda: self.study.tell(trial, state=TrialState.FAIL))
+            tell(self.study, trial, state=TrialState.FAIL)
 
     def _keep_alive(self) -> None:
         if self._heartbeat is None:
@@ -265,13 +267,13 @@ class OptunaOracle(Reaper, kt.Oracle):
         if trial is None or self.multi or value is None or not math.isfinite(value):
             return False
         try:
-            trial.report(float(value), epoch + 1)
+            self._storage_call(lambda: trial.report(float(value), epoch + 1))
         except optuna.exceptions.UpdateFinishedTrialError:
             raise kt.errors.FailedTrialError(
                 f"another worker took Optuna trial {trial.number} for dead (no heartbeat for "
                 f"{self.grace_period:.0f}s) and queued it again; on a busy machine raise "
                 "Search(options={'grace_period': ...})") from None
-        if epoch + 1 < self.search.epochs and trial.should_prune():
+        if epoch + 1 < self.search.epochs and self._storage_call(trial.should_prune):
             self._pruned.add(trial_id)
             return True
         return False
@@ -303,11 +305,11 @@ class OptunaOracle(Reaper, kt.Oracle):
         if kept is not None:
             self._storage_call(lambda: asked.set_user_attr(study.RECORD_ATTR, kept))
         if trial.trial_id in self._pruned:
-            self._storage_call(lambda: self.study.tell(asked, state=TrialState.PRUNED))
+            tell(self.study, asked, state=TrialState.PRUNED)
             return
         value = result.best.get(self.metric) if result else None
         if trial.status != TrialStatus.COMPLETED or value is None or not math.isfinite(value):
-            self._storage_call(lambda: self.study.tell(asked, state=TrialState.FAIL))
+            tell(self.study, asked, state=TrialState.FAIL)
             return
         values = [value]
         if self.multi:
@@ -315,7 +317,7 @@ class OptunaOracle(Reaper, kt.Oracle):
             second = result.best.get("latency_ms") if self.search.minimize == "latency_ms" else getattr(
                 result, str(self.search.minimize))
             if second is None:
-                self._storage_call(lambda: self.study.tell(asked, state=TrialState.FAIL))
+                tell(self.study, asked, state=TrialState.FAIL)
                 return
             values.append(float(second))
-        self._storage_call(lambda: self.study.tell(asked, values))
+        tell(self.study, asked, values)

@@ -22,6 +22,9 @@ T = TypeVar("T")
 
 # Storage errors worth a retry: a lost connection, a lock, a race creating tables.
 _RETRIES = 5
+# A lost connection: retried for as long as a database restart takes, a bounded number of times.
+RECONNECT_FOR = 120.0
+_RECONNECTS = 40
 # The Python driver each RDB URL form needs, and the package that provides it.
 DRIVERS = {
     "postgresql": ("psycopg", "psycopg[binary]"),
@@ -32,17 +35,77 @@ DRIVERS = {
 }
 
 
+def lost_connection(error: BaseException) -> bool:
+    """The database went away for a moment (a restart, a failover, a cut connection): SQLAlchemy's
+    OperationalError or InterfaceError, or Optuna's StorageInternalError wrapping one."""
+    import sqlalchemy
+
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
+                isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated):
+            return True
+        if not isinstance(seen, optuna.exceptions.StorageInternalError):
+            return False
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _transient(error: BaseException) -> bool:
+    """Worth another try: a lost connection; on a journal file, an OS error (a lock, a full disk)."""
+    return lost_connection(error) or isinstance(error, OSError)
+
+
+def _stop(state: tenacity.RetryCallState) -> bool:
+    """A lost connection is retried for as long as a database takes to restart; any other
+    transient error a few times only."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    if error is not None and lost_connection(error):
+        return state.attempt_number >= _RECONNECTS or (state.seconds_since_start or 0.0) >= RECONNECT_FOR
+    return state.attempt_number >= _RETRIES + 1
+
+
 def call_with_retries(call: Callable[[], T]) -> T:
     """A storage call, retried on the errors a shared database or file can give for a moment
-    (a lost connection, a lock timeout, a full disk): never on Optuna's answers (a trial
-    another worker ended, a value or key it refuses)."""
+    (a lost connection for up to RECONNECT_FOR seconds, a lock or a full disk a few times):
+    never on Optuna's answers (a trial another worker ended, a value or key it refuses) nor
+    on any other error of SQLAlchemy (an IntegrityError, a ProgrammingError)."""
     retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(_RETRIES + 1),
-        wait=tenacity.wait_exponential(multiplier=0.2) + tenacity.wait_random(0, 0.2),
-        retry=tenacity.retry_if_not_exception_type((optuna.exceptions.UpdateFinishedTrialError, ValueError, KeyError)),
-        reraise=True,
-    )
+        stop=_stop, wait=tenacity.wait_exponential_jitter(initial=0.2, max=8, jitter=0.5),
+        retry=tenacity.retry_if_exception(_transient), reraise=True,
+        before_sleep=_say_reconnecting)
     return retrying(call)
+
+
+def _say_reconnecting(state: tenacity.RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    if error is not None and lost_connection(error) and state.attempt_number == 3:
+        print("warning: the Optuna storage does not answer; trying again for up to "
+              f"{RECONNECT_FOR:.0f}s.", file=sys.stderr, flush=True)
+
+
+def tell(study: optuna.Study, trial: optuna.Trial | int, values: list[float] | None = None,
+         state: optuna.trial.TrialState | None = None) -> None:
+    """`study.tell`, retried on a lost connection. A tell whose answer was lost may have been
+    written: when a retry finds the trial already finished in the state told, it is done."""
+    number = trial if isinstance(trial, int) else trial.number
+    expected = state or optuna.trial.TrialState.COMPLETE
+    tried = False
+
+    def once() -> None:
+        nonlocal tried
+        try:
+            study.tell(trial, values, state=state)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+            if tried and any(t.number == number and t.state == expected for t in study.get_trials(deepcopy=False)):
+                return
+            raise
+        finally:
+            tried = True
+
+    call_with_retries(once)
 
 
 def _driver_missing(url: str, error: BaseException) -> SearchError | None:

@@ -24,7 +24,7 @@ from search.core.status import ENDED, FAILED, PRUNED
 from search.declare import Search
 from search.liveness import workers
 from search.liveness.claims import Claims
-from search.engine.optuna_storage import call_with_retries
+from search.engine.optuna_storage import call_with_retries, tell
 from search.runs import faults
 from search.runs.layout import SpaceDir
 
@@ -76,7 +76,11 @@ class Reaper:
         raise NotImplementedError
 
     def _storage_call(self, call: Callable[[], Any]) -> Any:
+        """Every storage call of a worker: retried while the database restarts (`call_with_retries`)."""
         return call_with_retries(call)
+
+    def _trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self._storage_call(lambda: self.study.get_trials(deepcopy=False))
 
     def _record(self, trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
         from search.results.records import read_record
@@ -104,11 +108,11 @@ class Reaper:
         values = self._values(record)
         if trial.state == TrialState.RUNNING:
             if record["status"] == PRUNED and not self.multi:
-                self._storage_call(lambda: self.study.tell(trial.number, state=TrialState.PRUNED))
+                tell(self.study, trial.number, state=TrialState.PRUNED)
             elif values is None:
-                self._storage_call(lambda: self.study.tell(trial.number, state=TrialState.FAIL))
+                tell(self.study, trial.number, state=TrialState.FAIL)
             else:
-                self._storage_call(lambda: self.study.tell(trial.number, values))
+                tell(self.study, trial.number, values)
         elif values is not None:  # already failed by another worker: add its result as a trial of its own
             self._storage_call(lambda: self.study.add_trial(optuna.trial.create_trial(
                 values=values, params=trial.params, distributions=trial.distributions, user_attrs=trial.user_attrs,
@@ -121,8 +125,8 @@ class Reaper:
 
     def reap(self) -> None:
         """Handle the trials of workers that died: tell their recorded result, or fail and queue them again."""
-        trials = self.study.get_trials(deepcopy=False)
-        stale_ids = set(compat.stale_trial_ids(self.study)) if self._rdb else set()
+        trials = self._trials()
+        stale_ids = set(self._storage_call(lambda: compat.stale_trial_ids(self.study))) if self._rdb else set()
         recovered = {t.system_attrs["recovers"] for t in trials if "recovers" in t.system_attrs}
         retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
         retry_state = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t): t.state for t in trials}
@@ -177,7 +181,7 @@ class Reaper:
         try:
             mark = {"trial": t.number, "why": why}
             self._storage_call(lambda: compat.set_user_attr(self.study, t, LOST, mark))
-            self.study.tell(t.number, state=TrialState.FAIL)
+            tell(self.study, t.number, state=TrialState.FAIL)
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
             return  # another worker failed it first, and queues it again
         self.on_lost(f"{t.number:04d}")
@@ -195,7 +199,7 @@ class Reaper:
         won, _ = self._storage_call(lambda: claims.claim(key, stale_after=self.grace_period))
         if not won:
             return False
-        trials = self.study.get_trials(deepcopy=False)
+        trials = self._trials()
         if number not in {n for x in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(x)}:
             failed = next(x for x in trials if x.number == number)
             self._storage_call(lambda: RetryHeartbeatStaleTrialCallback()(self.study, failed))

@@ -289,3 +289,32 @@ def test_front_table_keeps_only_undominated_trials():
     table = front_table([record("a", 0.9, 10), record("b", 0.8, 2), record("c", 0.7, 5), record("d", 0.9, 12)],
                         "val_accuracy", "size_mb")
     assert table[table["on_front"]]["trial_id"].tolist() == ["b", "a"]
+
+
+def test_only_a_lost_connection_is_retried_for_long(monkeypatch):
+    """A restart's errors are retried; an IntegrityError or Optuna's refusal is a real answer, raised at once."""
+    import sqlalchemy as sa
+
+    from search.engine import optuna_storage
+
+    monkeypatch.setattr(optuna_storage.tenacity.nap, "sleep", lambda seconds: None)
+    lost = sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+    wrapped = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+    wrapped.__cause__ = lost
+    for error, calls in [(lost, 12), (wrapped, 12), (sa.exc.InterfaceError("x", {}, Exception("closed")), 12),
+                         (sa.exc.IntegrityError("INSERT", {}, Exception("duplicate key")), 1),
+                         (optuna.exceptions.StorageInternalError("no cause"), 1), (ValueError("bad value"), 1)]:
+        tries = []
+
+        def call(error=error, tries=tries):
+            tries.append(1)
+            if len(tries) < 12:
+                raise error
+            return "answered"
+
+        if calls == 1:
+            with pytest.raises(type(error)):
+                optuna_storage.call_with_retries(call)
+        else:
+            assert optuna_storage.call_with_retries(call) == "answered"
+        assert len(tries) == calls, error

@@ -174,3 +174,41 @@ def test_the_database_restarted_as_workers_start_and_as_they_train(zygote, clust
     print(f"\nstudy {dict(states)}; database down {', '.join(f'{d:.1f}' for d in downtime)} s; every running trial "
           f"beaten again {', '.join(f'{r:.1f}' for r in resumed)} s after it answered; the oldest beat of a "
           f"running trial seen: {beats.oldest:.1f} s (grace {GRACE:.0f} s)")
+
+
+def test_a_worker_asking_and_telling_as_the_database_restarts_finishes_its_search(zygote, cluster, digits_folders,
+                                                                                   tmp_path):
+    """Outages longer than a few retries, while the worker asks for trials, reports epochs and
+    tells results (trials of 1 s): every call waits for the database, none crashes the worker."""
+    url = cluster.database("asking")
+    command = [str(SLOW), "--data", str(digits_folders), "--storage", url, "--quiet", "--no-tracking", "--no-ensemble",
+               "--runs-dir", str(tmp_path / "machine")]
+    job = zygote.start("run", *command, env={"TRIAL_SECONDS": "1"})
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    deadline = time.monotonic() + 300
+    while True:  # from its first trial told on, the database goes down for 8 s in every 11
+        try:
+            with engine.connect() as db:
+                if db.execute(sa.text("select count(*) from trials where state = 'COMPLETE'")).scalar():
+                    break
+        except sa.exc.ProgrammingError:
+            pass  # Optuna's tables are not there yet
+        assert time.monotonic() < deadline and not job.ended.done(), job.ended.done() and job.result().output[-3000:]
+        time.sleep(0.1)
+    engine.dispose()
+    restarts = 0
+    while restarts < 3 and not job.ended.done():
+        cluster.down()
+        time.sleep(8)
+        cluster.up()
+        restarts += 1
+        time.sleep(3)
+    ended = job.result(timeout=600)
+    assert ended.code == 0 and "Traceback" not in ended.output, ended.output[-4000:]
+    assert restarts == 3, f"the search ended after {restarts} restarts: too fast to test anything"
+    trials = optuna.load_study(study_name="slow", storage=url).trials
+    states = collections.Counter(t.state.name for t in trials)
+    assert not [t for t in trials if t.state == TrialState.RUNNING], states
+    finished = [t for t in trials if t.state.is_finished() and not ("lost" in t.user_attrs or t.user_attrs.get("surplus"))]
+    ids = [t.user_attrs.get("kt_trial_id") for t in finished]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 6 and len(ids) == len(set(ids)) == 6, states
