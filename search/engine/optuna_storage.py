@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +18,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from search.errors import SearchError
 from search.redaction import redact
 from search.runs.layout import SpaceDir
+
+# The storage's RetryHeartbeatStaleTrialCallback is marked experimental: saying so on every start
+# (before the one line of a refused storage, for one) helps no one.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 T = TypeVar("T")
 
