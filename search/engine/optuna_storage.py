@@ -80,8 +80,13 @@ def call_with_retries(call: Callable[[], T]) -> T:
     retrying = tenacity.Retrying(
         stop=_stop, wait=tenacity.wait_exponential_jitter(initial=0.2, max=8, jitter=0.5),
         retry=tenacity.retry_if_exception(_transient), reraise=True,
-        before_sleep=_say_reconnecting)
+        before_sleep=_say_reconnecting, sleep=_nap)
     return retrying(call)
+
+
+def _nap(seconds: float) -> None:
+    """The wait between two tries (looked up at each call, so that a test can skip it)."""
+    time.sleep(seconds)
 
 
 def _say_reconnecting(state: tenacity.RetryCallState) -> None:

@@ -297,7 +297,7 @@ def test_only_a_lost_connection_is_retried_for_long(monkeypatch):
 
     from search.engine import optuna_storage
 
-    monkeypatch.setattr(optuna_storage.tenacity.nap, "sleep", lambda seconds: None)
+    monkeypatch.setattr(optuna_storage, "_nap", lambda seconds: None)
     lost = sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
     wrapped = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
     wrapped.__cause__ = lost
