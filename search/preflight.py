@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import importlib.util
 import os
-import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,27 +20,9 @@ from typing import Any
 
 from search.data import locate
 from search.declare import Data, Search
-from search.errors import SearchError, SpaceError, did_you_mean
+from search.errors import SearchError, SpaceError
 from search.redaction import redact
-
-
-def _settings_of(path: Path) -> Any:
-    """The space file run as a module (its settings only: nothing of the search is imported)."""
-    if not path.is_file():
-        nearby = [str(p) for p in path.parent.glob("*.py")] if path.parent.is_dir() else []
-        raise SpaceError(f"space file '{path}' does not exist.{did_you_mean(str(path), nearby)}")
-    spec = importlib.util.spec_from_file_location(f"_search_preflight_{path.stem}", path)
-    assert spec is not None and spec.loader is not None  # a .py file always has a loader
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as e:
-        raise SpaceError(f"{path}, line {e.lineno}: {e.msg}. Fix the syntax and run again.") from None
-    except Exception as e:  # noqa: BLE001 - any error while running the user's file is theirs
-        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
-        what = str(e) if isinstance(e, SearchError) else f"{type(e).__name__}: {e}"
-        raise SpaceError(f"{path}, line {lines[-1] if lines else '?'}: {what}") from None
-    return module
+from search.spacefile import run_file
 
 
 def check_command(space_file: str, *, data_path: str | None, sets: dict[str, str], time_budget: str | None,
@@ -50,7 +30,7 @@ def check_command(space_file: str, *, data_path: str | None, sets: dict[str, str
     """SpaceError or DataError for a space file, options or data that cannot make a search.
     `options`: the Search settings given on the command line (max_trials, epochs, algorithm, seed)."""
     path = Path(space_file)
-    module = _settings_of(path)
+    module = run_file(path, "_search_preflight_")  # its settings only: nothing of the search is imported
     data, search = getattr(module, "data", None), getattr(module, "search", None)
     if not isinstance(data, Data):
         return  # load_space says what is missing

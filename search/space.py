@@ -12,10 +12,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
-import importlib.util
 import inspect
 import sys
-import traceback
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,6 +26,7 @@ from search.core.values import lossless
 from search.declare import Data, Search
 from search.errors import SearchError, SpaceError, did_you_mean
 from search.models.backbones import BACKBONES
+from search.spacefile import line_in, run_file
 
 SMOKE_SEARCH = {"max_trials": 2, "epochs": 1, "steps_per_epoch": 3, "early_stopping": None}
 SMOKE_IMAGE_SIZE = 32
@@ -113,7 +112,7 @@ def load_space(
 ) -> Space:
     """Import and validate a space file; raise SpaceError with the file and line on any problem."""
     path = Path(path)
-    module = _import(path)
+    module = run_file(path, "_search_space_")
     data, search, declare_fn = _required_names(path, module)
 
     fixed: dict[str, Any] = {}
@@ -187,33 +186,6 @@ def _coerce_setting(cls: type, name: str, value: Any) -> Any:
     """A --set value for a Search/Data setting as the setting's type takes it (3.0 -> 3)."""
     kinds = typing.get_args(typing.get_type_hints(cls)[name]) or (typing.get_type_hints(cls)[name],)
     return lossless(value, kinds)
-
-
-def _import(path: Path) -> Any:
-    if not path.is_file():
-        nearby = [str(p) for p in path.parent.glob("*.py")] if path.parent.is_dir() else []
-        raise SpaceError(f"space file '{path}' does not exist.{did_you_mean(str(path), nearby)}")
-    spec = importlib.util.spec_from_file_location(f"_search_space_{path.stem}", path)
-    assert spec is not None and spec.loader is not None  # a .py file always has a loader
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError as e:
-        raise SpaceError(f"{path}, line {e.lineno}: {e.msg}. Fix the syntax and run again.") from None
-    except SearchError as e:
-        raise SpaceError(f"{path}, line {_line_in(path, e)}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - any error while importing the user's file is theirs
-        raise SpaceError(f"{path}, line {_line_in(path, e)}: {type(e).__name__}: {e}") from None
-    return module
-
-
-def _line_in(path: Path, error: BaseException) -> int | str:
-    """The deepest line of the traceback that lies in the space file itself."""
-    line: int | str = "?"
-    for frame in traceback.extract_tb(error.__traceback__):
-        if Path(frame.filename).resolve() == path.resolve():
-            line = frame.lineno or "?"
-    return line
 
 
 def _required_names(path: Path, module: Any) -> tuple[Data, Search, Callable[[Any], Any]]:
@@ -299,9 +271,9 @@ def _declared(space: Space) -> kt.HyperParameters:
     try:
         space.declare(hp)
     except SearchError as e:
-        raise SpaceError(f"{space.path}, line {_line_in(space.path, e)}: {e}") from None
+        raise SpaceError(f"{space.path}, line {line_in(space.path, e)}: {e}") from None
     except Exception as e:  # noqa: BLE001 - Keras Tuner's ValueErrors (bad ranges) are the user's
-        raise SpaceError(f"{space.path}, line {_line_in(space.path, e)}: {e}") from None
+        raise SpaceError(f"{space.path}, line {line_in(space.path, e)}: {e}") from None
     return hp
 
 

@@ -124,7 +124,7 @@ def test_no_function_local_import_is_there_to_break_a_cycle():
 # units of its own layer or below, never above.
 LAYERS = (
     ("core", "errors", "redaction", "console", "metrics", "cli"),  # shared types and words
-    ("declare",),  # what a space file writes
+    ("declare", "spacefile"),  # what a space file writes, and running one
     ("runs", "liveness", "compat"),  # the runs folder; which workers live (locks name their holder); compat
     ("data",),
     ("models", "hparams", "space"),  # a trial's model and the hyperparameters that define it
