@@ -23,16 +23,16 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 _UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
-def open_journal(path: Path, repair_torn_tail: Callable[[Path], None]) -> optuna.storages.JournalStorage:
+def open_journal(path: Path, repair_torn_tail: Callable[[Path], bool]) -> optuna.storages.JournalStorage:
     """The journal storage at `path`; a journal that cannot be replayed is kept aside and a new one
     started. `repair_torn_tail` cuts a last line torn by an interrupted write from a readable one."""
     try:
-        optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     except _UNREADABLE as e:
         why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
     else:
-        repair_torn_tail(path)  # Optuna skips a torn last line, but would append right after it
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        # Optuna skips a torn last line, but would append right after it: cut, then read again.
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path))) if repair_torn_tail(path) else storage
     lock = JournalFileSymlinkLock(str(path))  # the lock every append takes: no worker writes meanwhile
     lock.acquire()
     try:

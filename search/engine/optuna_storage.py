@@ -178,19 +178,19 @@ def open_storage(url: str | None, space_dir: Path, *, heartbeat_interval: float 
         raise SearchError(f"cannot open the Optuna storage {redact(url)}: {redact(first)}") from None
 
 
-def _repair_torn_tail(path: Path) -> None:
-    """Cut a journal's last line when a write was cut short (a full disk, a power loss).
+def _repair_torn_tail(path: Path) -> bool:
+    """Cut a journal's last line when a write was cut short (a full disk, a power loss); whether it did.
 
     Optuna skips such a line while reading but appends the next record right after it, which
     makes one line of two halves that no later read can parse: the whole study is then lost.
     The torn bytes are kept beside the journal; done under the journal's own lock, so no
     worker is appending at that moment."""
     if not path.is_file() or path.stat().st_size == 0:
-        return
+        return False
     with path.open("rb") as f:
         f.seek(-1, 2)
         if f.read(1) == b"\n":
-            return
+            return False
     from optuna.storages.journal import JournalFileSymlinkLock
 
     lock = JournalFileSymlinkLock(str(path))
@@ -199,7 +199,7 @@ def _repair_torn_tail(path: Path) -> None:
         data = path.read_bytes()
         cut = data.rfind(b"\n") + 1
         if cut == len(data):
-            return  # another worker repaired it first
+            return False  # another worker repaired it first
         torn = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
         torn.write_bytes(data[cut:])
         with path.open("r+b") as f:
@@ -209,6 +209,7 @@ def _repair_torn_tail(path: Path) -> None:
         lock.release()
     print(f"warning: the last line of {path} was cut short by an interrupted write; it is kept in {torn.name} "
           "and the study goes on from the lines before it.", file=sys.stderr, flush=True)
+    return True
 
 
 def storage_for_children(url: str | None, space_dir: Path) -> str:
