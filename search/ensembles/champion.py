@@ -10,25 +10,14 @@ user forces it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from search.ensembles.selection import Score, score_of
 from search.errors import SearchError
+from search.runs.atomic import sha256_of as digest
 from search.runs.layout import SpaceDir
-
-CHUNK = 1 << 20
-
-
-def digest(path: Path) -> str:
-    """The file's sha256, hex."""
-    found = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            found.update(block)
-    return found.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)

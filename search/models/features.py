@@ -86,11 +86,7 @@ def weights_digest(weights: str, *, seed: int) -> str:
     stat = path.stat()
     memo = (str(path), stat.st_size, stat.st_mtime_ns)
     if memo not in _file_digests:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _file_digests[memo] = "sha256:" + digest.hexdigest()
+        _file_digests[memo] = "sha256:" + atomic.sha256_of(path)
     return _file_digests[memo]
 
 

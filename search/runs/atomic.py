@@ -10,6 +10,7 @@ write the same file at once never trip over each other's temporary file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -107,3 +108,13 @@ def save_npy(path: str | os.PathLike[str], array: Any) -> Path:
 
 def copy_file(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     return write_with(path, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def sha256_of(path: Path) -> str:
+    """A file's sha256 (hex), read a block at a time: what tells a file written whole from one
+    cut short or replaced, and one weights file from another."""
+    found = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            found.update(block)
+    return found.hexdigest()
