@@ -25,8 +25,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 # Durability is worthless in a cluster deleted at the end of the run; without it a commit
 # costs no fsync, so the tests measure the workers' coordination, not the disk.
@@ -87,6 +88,19 @@ def postgres_bin() -> Path:
             return Path(folder)
     raise Unavailable("no PostgreSQL server programs (initdb, pg_ctl): apt-get install postgresql "
                       "(`make test` tries it when it runs as root)")
+
+
+def running(server: Postgres | MlflowServer, what: str) -> Iterator[Any]:
+    """For a fixture: `server` started, then stopped after the tests that use it; they skip,
+    naming `what`, when it cannot start here."""
+    import pytest
+
+    try:
+        started = server.start()
+    except Unavailable as e:
+        pytest.skip(f"{what}: {e}")
+    yield started
+    started.stop()
 
 
 class Postgres:

@@ -11,19 +11,14 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from conftest import made_once
-from servers.clusters import MlflowServer, Postgres, Unavailable
+from servers.clusters import MlflowServer, Postgres, running
 
 _names = itertools.count()
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
-    try:
-        cluster = Postgres().start()
-    except Unavailable as e:
-        pytest.skip(f"PostgreSQL: {e}")
-    yield cluster
-    cluster.stop()
+    yield from running(Postgres(), "PostgreSQL")
 
 
 @pytest.fixture
@@ -38,9 +33,4 @@ def mlflow_server(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) 
     """An MLflow server whose store is a PostgreSQL database and whose artifacts it serves
     itself over HTTP from a temporary folder (`--artifacts-destination`)."""
     made_once(tmp_path_factory, "mlflow_server")
-    try:
-        server = MlflowServer(postgres.database("mlflow")).start()
-    except Unavailable as e:
-        pytest.skip(f"MLflow server: {e}")
-    yield server
-    server.stop()
+    yield from running(MlflowServer(postgres.database("mlflow")), "MLflow server")

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from search import compat
 from search.liveness.heartbeat import Heartbeat
-from servers.clusters import Postgres, Unavailable
+from servers.clusters import Postgres, running
 
 SLOW = Path(__file__).with_name("slow.py")
 GRACE = 12.0  # slow.py's grace period; its heartbeat interval is 1 s
@@ -29,12 +29,7 @@ RESUME = 6.0  # seconds within which every running trial is beaten again once it
 @pytest.fixture
 def cluster() -> Iterator[Postgres]:
     """A PostgreSQL server of this test's own: the test stops it, and no other test may see that."""
-    try:
-        server = Postgres().start()
-    except Unavailable as e:
-        pytest.skip(f"PostgreSQL: {e}")
-    yield server
-    server.stop()
+    yield from running(Postgres(), "PostgreSQL")
 
 
 def _restart(cluster: Postgres) -> None:

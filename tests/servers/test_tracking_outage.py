@@ -25,7 +25,7 @@ from search.core.status import COMPLETED, FAILED
 from search.runs.layout import SpaceDir
 from search.tracking import tracker as tracking
 from search.tracking.config import TrackingConfig
-from servers.clusters import MlflowServer, Unavailable
+from servers.clusters import MlflowServer, running
 
 SLOW = Path(__file__).with_name("slow.py")  # trials of TRIAL_SECONDS, workers posing as machines of their own
 OUTAGE = 20.0
@@ -34,12 +34,7 @@ OUTAGE = 20.0
 @pytest.fixture(scope="module")
 def server() -> Iterator[MlflowServer]:
     """An MLflow server of these tests' own (SQLite store): they stop it, no other test may see that."""
-    try:
-        started = MlflowServer().start()
-    except Unavailable as e:
-        pytest.skip(f"MLflow server: {e}")
-    yield started
-    started.stop()
+    yield from running(MlflowServer(), "MLflow server")
 
 
 def test_trials_recorded_while_the_server_is_down_are_sent_once_it_is_back(server, tmp_path, monkeypatch, capsys):
