@@ -29,6 +29,19 @@ class EpochHook(keras.callbacks.Callback):
         interrupts.check()
 
 
+class Interruptible(keras.callbacks.Callback):
+    """Where a signal deferred during a trial (`interrupts.deferred`) stops it: each batch's end."""
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        interrupts.check()
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        interrupts.check()
+
+    def on_predict_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        interrupts.check()
+
+
 class Deadline(keras.callbacks.Callback):
     """Stops training at the budget's deadline, after the batch in progress; times the first epoch."""
 

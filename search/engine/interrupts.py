@@ -7,22 +7,51 @@ may catch. Either way the search would go on as if no signal had come: a worker 
 launcher told to stop would go on alone until killed. So each signal is also remembered,
 and `check` raises it again where a search can stop: a trial's start, each epoch's end and
 each wait for other workers.
+
+Inside a trial the first signal does not raise at all (`deferred`): TensorFlow code runs
+almost all the time there, and a KeyboardInterrupt landing inside it can print its own
+traceback before Python sees it. The trial stops at the next batch's end instead (`check`
+from a callback), a second signal stops it at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
+from collections.abc import Iterator
 from collections.abc import Callable
 from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
+_deferring: list[bool] = []
+_NOTICE = b"\nStopping at the end of this batch (again to stop at once).\n"
 
 
 def _on_signal(signum: int, frame: Any) -> None:
+    first = not _received
     _received.append(signum)
+    if first and _deferring:
+        if not os.environ.get(WORKER_ENV):  # a launcher's workers: the launcher says it once for all
+            os.write(2, _NOTICE)
+        return
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+# Set by the launcher in its workers' environment.
+WORKER_ENV = "SEARCH_WORKER"
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within, a first signal is only remembered: `check` raises it where it is safe."""
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
 
 
 def install() -> Callable[[], None]:

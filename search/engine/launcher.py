@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from search.core.algorithms import ALGORITHMS, OPTUNA_ALGORITHMS, uses_optuna
+from search.engine import interrupts
 from search.errors import SearchError
 
 def without_workers(argv: Sequence[str]) -> list[str]:
@@ -193,7 +194,7 @@ def launch(argv: Sequence[str], args: argparse.Namespace) -> int:
             # on once, instead of every worker receiving it twice.
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env={**os.environ, **place, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                env={**os.environ, **place, "PYTHONUNBUFFERED": "1", interrupts.WORKER_ENV: "1"}, start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
             processes.append(process)
             if received:  # a signal came while starting: this one stops too

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from search import metrics
 from search.data.dataset import ImageData
+from search.engine.callbacks import Interruptible
 from search.engine.validation import EpochLine, ValidationPass
 from search.hparams import TrialConfig
 from search.models import build, features, head
@@ -151,7 +152,7 @@ def _cached_inputs(model: keras.Model, config: TrialConfig, data: ImageData, spl
 
     def entry(part: str) -> np.ndarray:
         key = features.key_for(config, data, part, views=views, seed=seed)
-        return cache.get(key, lambda: features.compute(extractor, data, key, batch))
+        return cache.get(key, lambda: features.compute(extractor, data, key, batch, callbacks=[Interruptible()]))
 
     train_features = entry(split)
     val = features.feature_batches(entry("val"), data.labels("val"), batch, shuffle=False, seed=0) \

@@ -34,7 +34,7 @@ from search import compat, metrics
 from search.data.dataset import ImageData
 from search.engine import interrupts, trial as training
 from search.engine.budget import Budget, BudgetSpent
-from search.engine.callbacks import Deadline, EpochHook, Report
+from search.engine.callbacks import Deadline, EpochHook, Interruptible, Report
 from search.core.hooks import HookList, SearchInfo, TrialInfo, TrialResult
 from search.core.status import COMPLETED, ENDED, FAILED, KILLED, PRUNED
 from search.engine.memory import TrialMemory
@@ -248,7 +248,8 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         history: dict[str, list[float]] = {}
         try:
             interrupts.check()
-            result = self._train(asked, info, history)
+            with interrupts.deferred():  # a signal stops the trial at a batch's end, never inside TensorFlow
+                result = self._train(asked, info, history)
         except KeyboardInterrupt:
             self._interrupted(info, history, started)
             raise
@@ -285,6 +286,7 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             start_from=TrialDir(self.trial_dir(resume_from)).model if resume_from else None,
             callbacks=[
                 EpochHook(self.hooks, self.info, info),
+                Interruptible(),
                 Report(self.source, asked.trial_id, self._pruned),
                 *(self.space.callbacks_fn(asked.hyperparameters) or [] if self.space.callbacks_fn else []),
                 *([Deadline(self.budget, asked.trial_id)] if self.budget else []),

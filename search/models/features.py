@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,13 +119,14 @@ def key_for(config: TrialConfig, data: ImageData, split: str, *, views: int, see
     )
 
 
-def compute(extractor: keras.Model, data: ImageData, key: FeatureKey, batch_size: int) -> np.ndarray:
+def compute(extractor: keras.Model, data: ImageData, key: FeatureKey, batch_size: int,
+            callbacks: Sequence[keras.callbacks.Callback] = ()) -> np.ndarray:
     """(views, images, width) float16 features of `key`'s split: view 0 plain, the others augmented."""
     views = []
     for view in range(key.views):
         batches = data.dataset(key.split, key.image_size, batch_size,
                                augmentation=key.augmentation if view else "none", seed=view)
-        vectors = np.asarray(extractor.predict(batches, verbose=0), dtype=np.float32)
+        vectors = np.asarray(extractor.predict(batches, verbose=0, callbacks=list(callbacks)), dtype=np.float32)
         if len(vectors) != data.count(key.split):
             raise RuntimeError(f"{len(vectors)} features for {data.count(key.split)} images of the {key.split} split "
                                "(an image no longer decodes?): not cached")

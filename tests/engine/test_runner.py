@@ -15,7 +15,7 @@ import pytest
 from conftest import DIGITS, TINY, cli
 
 from search import run
-from search.engine import runner
+from search.engine import interrupts, runner
 from search.core.status import COMPLETED, FAILED, KILLED
 from search.errors import SearchError
 from search.models import build
@@ -122,6 +122,42 @@ def test_a_signal_whose_keyboard_interrupt_is_lost_still_stops_the_search(
     assert outcome.table["status"].tolist() == [KILLED]  # the first trial, run again on resume; no other began
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_signal_during_a_trial_stops_it_at_a_batch_end_not_inside_tensorflow(
+        tmp_path, digits_folders, foreground_signals, capfd):
+    import keras
+
+    raised_at_the_signal = []
+
+    def signal_once(epoch, logs):
+        if epoch == 0:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # the handler has run
+            except KeyboardInterrupt:  # where TensorFlow code would have been
+                raised_at_the_signal.append(True)
+
+    space = dataclasses.replace(tiny(digits_folders, max_trials=3), callbacks_fn=lambda hp: [
+        keras.callbacks.LambdaCallback(on_epoch_begin=signal_once)])
+    outcome = runner.run_search(space, runs_dir=tmp_path, verbose=0, tracking=False)
+    assert raised_at_the_signal == []
+    assert outcome.status == KILLED and outcome.table["status"].tolist() == [KILLED]
+    assert "Stopping at the end of this batch (again to stop at once)." in capfd.readouterr().err
+
+
+def test_a_second_signal_in_a_trial_stops_it_at_once(foreground_signals):
+    restore = interrupts.install()
+    try:
+        with interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+            assert interrupts.received()
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.1)
+    finally:
+        restore()
 
 
 def test_a_signal_the_search_was_started_ignoring_stays_ignored(tmp_path, digits_folders, foreground_signals):
