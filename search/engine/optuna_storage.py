@@ -152,11 +152,12 @@ def open_storage(url: str | None, space_dir: Path, *, heartbeat_interval: float 
         return journal.open_journal(path, repair_torn_tail=_repair_torn_tail)
     import sqlalchemy
 
-    options: dict[str, Any] = {}
+    # Optuna's heartbeat on every RDB, SQLite included: the reaper asks it which trials are stale.
+    options: dict[str, Any] = {"heartbeat_interval": max(1, round(heartbeat_interval)),
+                               "grace_period": max(1, round(grace_period)),
+                               "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback()}
     if not url.startswith("sqlite"):
-        options = {"engine_kwargs": {"pool_pre_ping": True}, "heartbeat_interval": max(1, round(heartbeat_interval)),
-                   "grace_period": max(1, round(grace_period)),
-                   "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback()}
+        options["engine_kwargs"] = {"pool_pre_ping": True}
     def racing(e: BaseException) -> bool:
         """Workers creating the tables at once: the loser's error passes when retried."""
         return isinstance(e, sqlalchemy.exc.IntegrityError) or (

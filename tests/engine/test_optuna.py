@@ -151,6 +151,24 @@ def test_a_trial_whose_worker_stopped_beating_is_failed_and_queued_again(tmp_pat
     oracle.stop_heartbeat()
 
 
+def test_a_silent_trial_on_a_sqlite_storage_is_failed_and_queued_again(tmp_path):
+    search = Search(algorithm="tpe", max_trials=3, options={
+        "storage": f"sqlite:///{tmp_path}/study.db", "heartbeat_interval": 1, "grace_period": 2})
+    oracle = OptunaOracle(search, 0, objective=kt.Objective("val_accuracy", "max"))
+    oracle.open(tmp_path / "fake")
+    study = oracle.study
+    silent = study.ask()
+    _foreign(silent, time.time())
+    study._storage.record_heartbeat(silent._trial_id)
+    time.sleep(2.5)  # past the grace period
+    alive = study.ask()
+    _foreign(alive, time.time())
+    study._storage.record_heartbeat(alive._trial_id)
+    oracle.reap()
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    oracle.stop_heartbeat()
+
+
 def test_a_dead_workers_trial_failed_by_a_worker_that_died_too_is_queued_once_by_the_next(tmp_path):
     """Failing a dead worker's trial and queueing it again are two writes; a reaper killed
     between them left a FAIL that used up the budget. The next reap queues it, once however many
