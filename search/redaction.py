@@ -87,7 +87,11 @@ def _redact_url(span: str) -> str:
 
 
 def _redact_keyword(match: re.Match[str]) -> str:
-    remember(match["secret"].strip("'"))
+    secret = match["secret"]
+    if secret.startswith("'") and secret.endswith("'") and len(secret) > 1:  # libpq's quoting: \' and \\ inside
+        remember(secret[1:-1], re.sub(r"\\(.)", r"\1", secret[1:-1]))
+    else:
+        remember(secret)
     return f"{match['head']}{HIDDEN}"
 
 

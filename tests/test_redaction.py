@@ -79,3 +79,8 @@ def test_a_password_of_any_character_is_hidden_in_any_quoting(url, quoted):
 def test_a_password_once_seen_is_hidden_where_it_shows_alone():
     redact("postgresql://optuna:dont%20tell@db/optuna")
     assert redact("authentication failed for password 'dont tell'") == "authentication failed for password '***'"
+
+
+def test_a_libpq_keyword_password_with_escaped_quotes_is_hidden_where_it_shows_unescaped():
+    assert redact(r"host=db password='it\'s a \\secret' user=u") == "host=db password=*** user=u"
+    assert redact("authentication failed: it's a \\secret") == "authentication failed: ***"
