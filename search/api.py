@@ -92,22 +92,18 @@ def run_space(space: str | Path, *, data: str | Path | None = None, max_trials: 
     2 a line per epoch too. A mistake raises SearchError with the command's message.
     """
     from search import run as command
-    from search.engine.runner import RECYCLE, run_search
+    from search.engine.runner import RECYCLE
     from search.space import load_space
 
     values = {name: str(value) for name, value in (sets or {}).items()}
     loaded = load_space(str(space), sets=values, data_path=None if data is None else str(data), max_trials=max_trials,
                         epochs=epochs, algorithm=algorithm, seed=seed, smoke=smoke)
-    loaded = command._with_storage(loaded, storage, study)  # noqa: SLF001 - the command's own steps, shared
-    loaded = command._with_settings(loaded, time_budget=time_budget)  # noqa: SLF001
+    loaded = command.configured(loaded, storage=storage, study=study, time_budget=time_budget)
     runs = Path(runs_dir)
-    outcome = run_search(loaded, runs_dir=runs, fresh=fresh, verbose=2 if verbose >= 2 else 0, tracking=tracking)
+    outcome = command.search_and_promote(loaded, runs, fresh=fresh, verbose=2 if verbose >= 2 else 0,
+                                         tracking=tracking, ensemble=ensemble, recycle=False)
     if outcome.status == RECYCLE:  # not asked for (recycle=False); never expected here
         raise SearchError("the search stopped to continue in a fresh process; call run_space again to resume it.")
-    if outcome.status in ("COMPLETED", "STOPPED") and ensemble:
-        from search.ensembles.promote import after_search
-
-        after_search(outcome, loaded, runs, track=tracking)
     return open_results(loaded.name, runs_dir=runs, status=outcome.status, message=outcome.message,
                    study_name=outcome.study, storage=storage)
 

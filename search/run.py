@@ -98,21 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.space, sets=parse_sets(args.set), data_path=args.data, max_trials=args.max_trials,
             epochs=args.epochs, algorithm=args.algorithm, seed=args.seed, smoke=args.smoke,
         )
-        space = _with_storage(space, args.storage, args.study)
-        space = _with_settings(space, time_budget=args.time_budget, tensorboard=args.tensorboard or None)
+        space = configured(space, storage=args.storage, study=args.study, time_budget=args.time_budget,
+                           tensorboard=args.tensorboard or None)
         if args.dry_run:
             return _dry_run(space, Path(args.runs_dir))
-        _check_services(space, Path(args.runs_dir), tracking=not args.no_tracking)
-        from search.engine.runner import RECYCLE, run_search
+        from search.engine.runner import RECYCLE
 
-        outcome = run_search(space, runs_dir=Path(args.runs_dir), fresh=args.fresh, verbose=0 if args.quiet else 2,
-                             tracking=not args.no_tracking, recycle=True)
+        outcome = search_and_promote(space, Path(args.runs_dir), fresh=args.fresh, verbose=0 if args.quiet else 2,
+                                     tracking=not args.no_tracking, ensemble=not args.no_ensemble, recycle=True)
         if outcome.status == RECYCLE:
             _continue_in_fresh_process(sys.argv[1:] if argv is None else list(argv), space.search.trials_per_process)
-        if outcome.status in ("COMPLETED", "STOPPED") and not args.no_ensemble:
-            from search.ensembles.promote import after_search
-
-            after_search(outcome, space, Path(args.runs_dir), track=not args.no_tracking)
         return outcome.exit_code
     except SearchError as e:
         return fail(e)
@@ -120,6 +115,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not diskfull.is_disk_full(e):
             raise
         return fail(diskfull.disk_full(e, Path(args.runs_dir)))
+
+
+def configured(space: Any, *, storage: str | None = None, study: str | None = None, time_budget: str | None = None,
+               tensorboard: bool | None = None) -> Any:
+    """The loaded space with the command's own options applied (None: as the space says)."""
+    space = _with_storage(space, storage, study)
+    return _with_settings(space, time_budget=time_budget, tensorboard=tensorboard)
+
+
+def search_and_promote(space: Any, runs_dir: Path, *, fresh: bool, verbose: int, tracking: bool, ensemble: bool,
+                       recycle: bool) -> Any:
+    """Check the services, run or resume the search, and promote its champion: the command's
+    and the notebook API's one path. Returns the runner's Outcome (RECYCLE: nothing promoted)."""
+    _check_services(space, runs_dir, tracking=tracking)
+    from search.engine.runner import run_search
+
+    outcome = run_search(space, runs_dir=runs_dir, fresh=fresh, verbose=verbose, tracking=tracking, recycle=recycle)
+    if outcome.status in ("COMPLETED", "STOPPED") and ensemble:
+        from search.ensembles.promote import after_search
+
+        after_search(outcome, space, runs_dir, track=tracking)
+    return outcome
 
 
 def _check_services(space: Any, runs_dir: Path, *, tracking: bool) -> None:
