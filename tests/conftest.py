@@ -290,3 +290,14 @@ def cli(module: str, *args: str, cwd: Path = REPO, env: dict[str, str] | None = 
         [sys.executable, "-m", f"search.{module}", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": "", **(env or {})},
     )
+
+
+# `python -m search.run ARGS` in a process where importing TensorFlow fails: a mistake caught
+# before the import answers in its one line; one caught after it would answer with an ImportError.
+WITHOUT_TENSORFLOW = ("import runpy, sys; sys.modules['tensorflow'] = None; sys.argv = ['search.run', *sys.argv[1:]]; "
+                      "runpy.run_module('search.run', run_name='__main__', alter_sys=True)")
+
+
+def without_tensorflow(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": ""})

@@ -59,7 +59,7 @@ def install() -> Callable[[], None]:
     this process was started ignoring (a `nohup` or background job) stays ignored."""
     _received.clear()
     if threading.current_thread() is not threading.main_thread():
-        return lambda: None  # only the main thread can handle signals
+        return _received.clear  # only the main thread can handle signals
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     for s, handler in previous.items():
         if handler is not signal.SIG_IGN:
@@ -68,6 +68,7 @@ def install() -> Callable[[], None]:
     def restore() -> None:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        _received.clear()  # handled: `check` outside a search (a refit, a test after it) raises nothing
 
     return restore
 

@@ -4,16 +4,12 @@ anything is written."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import DIGITS, TINY
-from processes import REPO
+from conftest import DIGITS, TINY, without_tensorflow
 
 from search import run
 from search.runs.layout import SpaceDir
@@ -35,17 +31,6 @@ def test_images_shorter_than_any_header_are_skipped_and_named(tmp_path, digits_f
     skipped = pd.read_csv(SpaceDir(tmp_path / "runs" / "tiny").skipped)
     assert sorted(skipped["file"]) == ["3/empty.png", "4/three-bytes.png", "5/empty.tif", "6/short.jpg"]
     assert skipped["reason"].str.len().min() > 0
-
-
-# `python -m search.run ARGS` in a process where importing TensorFlow fails: a mistake caught
-# before the import answers in its one line; one caught after it would answer with an ImportError.
-WITHOUT_TENSORFLOW = ("import runpy, sys; sys.modules['tensorflow'] = None; sys.argv = ['search.run', *sys.argv[1:]]; "
-                      "runpy.run_module('search.run', run_name='__main__', alter_sys=True)")
-
-
-def without_tensorflow(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": ""})
 
 
 def one_class(root: Path, digits: Path) -> Path:
