@@ -117,6 +117,11 @@ class Search:
     time_budget: str | float | None = None
     # Write each trial's TensorBoard logs, with the HParams dashboard's summaries.
     tensorboard: bool = False
+    # k-fold cross-validation for small datasets: each trial trains k times, on k-1 folds of
+    # train+val and validated on the other (stratified, drawn from `seed`, the same folds for
+    # every trial); it scores the mean over folds, and the ensemble chooses on out-of-fold
+    # predictions. None: one train/val split.
+    folds: int | None = None
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -152,5 +157,11 @@ class Search:
         if isinstance(self.feature_cache_gb, bool) or not isinstance(self.feature_cache_gb, (int, float)) \
                 or not self.feature_cache_gb > 0:
             raise SpaceError(f"Search(feature_cache_gb={self.feature_cache_gb!r}) must be a number of GB > 0, e.g. 20.")
+        if self.folds is not None and (isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2):
+            raise SpaceError(f"Search(folds={self.folds!r}) must be a whole number >= 2 (5 is usual), or None for one "
+                             "train/val split.")
+        if self.folds is not None and self.algorithm == "hyperband":
+            raise SpaceError(f"Search(folds={self.folds}) does not combine with algorithm='hyperband', whose later "
+                             "rounds continue one model's weights; use random, bayesian or an Optuna algorithm.")
         if not isinstance(self.tensorboard, bool):
             raise SpaceError(f"Search(tensorboard={self.tensorboard!r}) must be True or False.")

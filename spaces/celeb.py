@@ -22,6 +22,8 @@ data = Data(
     ),
 )
 search = Search(algorithm="bayesian", max_trials=30, epochs=45, early_stopping=8)  # 45 epochs best; more overfit
+# 70 val images decide every comparison here; folds=5 scores each trial on all 290 images
+# (out of fold) at 5x the training: worth it for the final few trials (docs/folds.md).
 
 DENSENETS = ["DenseNet201", "DenseNet121"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from search.data import archive, builtin, locate, pipeline, tfrecord
+from search.data import archive, builtin, folds as kfold, locate, pipeline, tfrecord
 from search.data.folders import (
     UNLABELLED,
     check_images,
@@ -72,6 +72,13 @@ def _combined(first: _Split, second: _Split) -> _Split:
                   {**first.substitutes, **second.substitutes})
 
 
+def _subset(part: _Split, indices: np.ndarray) -> _Split:
+    """Some images of a split of image files, in `indices` order."""
+    files = [part.files[i] for i in indices]
+    return _Split(files, part.targets[indices], part.labelled, None,
+                  {f: part.substitutes[f] for f in files if f in part.substitutes})
+
+
 class ImageData:
     """An opened dataset: class names, split sizes, and tf.data pipelines over them."""
 
@@ -108,13 +115,29 @@ class ImageData:
             "content_hash": content_hash(root, hashed),
         }
 
+    def make_folds(self, folds: int, seed: int) -> list[tuple[str, str, np.ndarray]]:
+        """Split train+val into `folds` stratified folds (`search.data.folds`); returns each
+        fold's (training, held-out) split names, usable wherever a split name is, and the
+        train+val indices of its held-out images."""
+        labels = self.labels(TRAIN_VAL)
+        kfold.check(folds, labels, self.class_names, layout=self.layout)
+        fold_of = kfold.assign(labels, folds, seed)
+        names = []
+        for fold in range(folds):
+            train, held = kfold.split_names(fold, folds, seed)
+            self._combined[train] = _subset(self._split(TRAIN_VAL), np.flatnonzero(fold_of != fold))
+            self._combined[held] = _subset(self._split(TRAIN_VAL), np.flatnonzero(fold_of == fold))
+            names.append((train, held, np.flatnonzero(fold_of == fold)))
+        return names
+
     def has_split(self, split: str) -> bool:
         """Whether the dataset has this split ("train", "val" or "test")."""
         return split in self._splits
 
     def count(self, split: str) -> int:
         """Number of images in a split (0 when the split is absent)."""
-        return self._split(split).count if split in self._splits or split == TRAIN_VAL else 0
+        known = split in self._splits or split in self._combined or split == TRAIN_VAL
+        return self._split(split).count if known else 0
 
     def files(self, split: str) -> list[Path]:
         """The files a split is read from: its images in `labels` order, or its TFRecord files."""

@@ -96,6 +96,12 @@ def check_resume(space: Space, folder: SpaceDir, fingerprint: dict[str, Any]) ->
             f"{folder.path} was searched with --algorithm {before}, not {space.search.algorithm}; pass "
             f"--algorithm {before} to resume, --fresh to start over, or --runs-dir DIR to keep both."
         )
+    before_folds = previous.get("settings", {}).get("folds")
+    if before_folds != space.search.folds:
+        raise SearchError(
+            f"{folder.path} was searched with folds={before_folds}, not {space.search.folds}: their scores and "
+            "val probabilities differ in kind. Pass --fresh to start over, or --runs-dir DIR to keep both."
+        )
     study = previous.get("study")
     if study and study != _study_name(space):
         raise SearchError(
@@ -217,6 +223,8 @@ def run_search(space: Space, *, runs_dir: Path = Path("runs"), fresh: bool = Fal
     seconds = parse(search.time_budget)
     budget = Budget(seconds) if seconds else None  # from now: opening the data counts
     data = open_data(space.data, runs_dir=runs_dir, seed=search.seed)
+    if search.folds:  # an impossible k is one line, before anything is deleted
+        data.make_folds(search.folds, search.seed)
     strategy = strategies.detect()
     precision = strategies.set_mixed_precision(search.mixed_precision, strategy)
     jit = strategies.jit_compile(search.jit_compile, strategy)

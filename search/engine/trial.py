@@ -50,6 +50,8 @@ class Trained:
     train_images: int  # images per epoch
     # A callback other than EarlyStopping stopped it (the time budget, a pruner): nothing follows.
     stopped: bool = False
+    # The metrics the kept weights are scored by, when not `history`'s best epoch (folds' means).
+    best: dict[str, float] | None = None
 
 
 def train(
@@ -63,6 +65,7 @@ def train(
     initial_epoch: int = 0,
     steps_per_epoch: int | None = None,
     split: str = "train",
+    val_split: str = "val",
     objective: str | None = "val_accuracy",
     patience: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -78,7 +81,7 @@ def train(
     With an `objective` each epoch is validated (`ValidationPass`), EarlyStopping watches it
     (`patience` epochs without improvement; None: never stops early) and restores the best
     epoch; without one (a refit on train+val) nothing is validated and the last epoch is
-    kept. `history` is filled epoch by epoch, so a caller still has it when fit raises.
+    kept; `val_split` names the images validated on (a fold's held-out ones). `history` is filled epoch by epoch, so a caller still has it when fit raises.
     `start_from` continues the weights of a saved model (Hyperband's later rounds).
 
     A frozen backbone (`fine_tune` frozen, and the first `probe_epochs` of probe_then_all)
@@ -98,7 +101,7 @@ def train(
     if not staged or initial_epoch >= probe_until:  # one stage, through the whole model
         with strategy.scope():
             build.compile_model(model, config, replicas=replicas)
-        return _fit(model, model, config, data, split, epochs=epochs, initial_epoch=initial_epoch, seed=shuffle_seed,
+        return _fit(model, model, config, data, split, val_split, epochs=epochs, initial_epoch=initial_epoch, seed=shuffle_seed,
                     steps_per_epoch=steps_per_epoch, replicas=replicas, objective=objective, patience=patience,
                     callbacks=callbacks, history=history, verbose=verbose,
                     stage=FINE_TUNE if staged else None, rate_offset=probe_until if staged else 0)
@@ -107,13 +110,13 @@ def train(
     backbone.trainable = False
     if feature_cache is not None:
         fitted = head.head_of(model, config)
-        inputs: Inputs = _cached_inputs(model, config, data, split, feature_cache, views=cached_views, seed=seed,
+        inputs: Inputs = _cached_inputs(model, config, data, split, val_split, feature_cache, views=cached_views, seed=seed,
                                         batch=config.batch_size * replicas)
     else:
         fitted, inputs = model, None
     with strategy.scope():
         build.compile_model(fitted, config, replicas=replicas)
-    probed = _fit(fitted, model, config, data, split, epochs=probe_until, initial_epoch=initial_epoch,
+    probed = _fit(fitted, model, config, data, split, val_split, epochs=probe_until, initial_epoch=initial_epoch,
                   seed=shuffle_seed, steps_per_epoch=steps_per_epoch, replicas=replicas, objective=objective,
                   patience=patience, callbacks=callbacks, history=history, verbose=verbose, stage=PROBE, inputs=inputs)
     if probe_until >= epochs or probed.stopped:
@@ -125,7 +128,7 @@ def train(
     tuning = dataclasses.replace(config, learning_rate=config.fine_tune_learning_rate)
     with strategy.scope():
         build.compile_model(model, tuning, replicas=replicas)
-    tuned = _fit(model, model, tuning, data, split, epochs=epochs, initial_epoch=probe_until, seed=shuffle_seed + 1,
+    tuned = _fit(model, model, tuning, data, split, val_split, epochs=epochs, initial_epoch=probe_until, seed=shuffle_seed + 1,
                  steps_per_epoch=steps_per_epoch, replicas=replicas, objective=objective, patience=patience,
                  callbacks=callbacks, history=history, verbose=verbose, stage=FINE_TUNE, rate_offset=probe_until)
     combined = {k: probed.history.get(k, []) + tuned.history.get(k, []) for k in {*probed.history, *tuned.history}}
@@ -146,17 +149,17 @@ def _backbone_of(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
-def _cached_inputs(model: keras.Model, config: TrialConfig, data: ImageData, split: str, cache: FeatureCache, *,
-                   views: int, seed: int, batch: int) -> Inputs:
+def _cached_inputs(model: keras.Model, config: TrialConfig, data: ImageData, split: str, val_split: str,
+                   cache: FeatureCache, *, views: int, seed: int, batch: int) -> Inputs:
     extractor = head.features_model(model, config)
 
-    def entry(part: str) -> np.ndarray:
+    def entry(part: str, views: int) -> np.ndarray:
         key = features.key_for(config, data, part, views=views, seed=seed)
         return cache.get(key, lambda: features.compute(extractor, data, key, batch, callbacks=[Interruptible()]))
 
-    train_features = entry(split)
-    val = features.feature_batches(entry("val"), data.labels("val"), batch, shuffle=False, seed=0) \
-        if data.has_split("val") else None
+    train_features = entry(split, views)
+    val = features.feature_batches(entry(val_split, 1), data.labels(val_split), batch, shuffle=False, seed=0) \
+        if data.count(val_split) else None
     return train_features, val
 
 
@@ -179,7 +182,7 @@ class _Stage(keras.callbacks.Callback):
 
 
 def _fit(
-    fitted: keras.Model, model: keras.Model, config: TrialConfig, data: ImageData, split: str, *,
+    fitted: keras.Model, model: keras.Model, config: TrialConfig, data: ImageData, split: str, val_split: str, *,
     epochs: int, initial_epoch: int, seed: int, steps_per_epoch: int | None, replicas: int, objective: str | None,
     patience: int | None, callbacks: Sequence[keras.callbacks.Callback], history: dict[str, list[float]],
     verbose: int, stage: float | None, rate_offset: int = 0, inputs: Inputs = None,
@@ -191,7 +194,7 @@ def _fit(
             split, config.image_size, global_batch, augmentation=config.augmentation,
             shuffle=True, seed=seed, repeat=steps_per_epoch is not None,
         )
-        val_batches = data.dataset("val", config.image_size, global_batch) if objective is not None else None
+        val_batches = data.dataset(val_split, config.image_size, global_batch) if objective is not None else None
     else:
         train_features, val_batches = inputs
         batches = features.feature_batches(train_features, data.labels(split), global_batch, shuffle=True, seed=seed,
@@ -200,7 +203,7 @@ def _fit(
     chain: list[keras.callbacks.Callback] = []
     if objective is not None:
         # First, so every callback after it sees the validation metrics it adds to the logs.
-        validation = ValidationPass(val_batches, data.labels("val"),
+        validation = ValidationPass(val_batches, data.labels(val_split),
                                     monitor=objective, mode=metrics.direction(objective))
         chain.append(validation)
     schedule = learning_rate_schedule(config, epochs - rate_offset, replicas)

@@ -21,6 +21,7 @@ whenever they run.
 
 from __future__ import annotations
 
+import functools
 import time
 import traceback
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from search import compat, metrics
-from search.data.dataset import ImageData
+from search.data.dataset import TRAIN_VAL, ImageData
 from search.engine import interrupts, trial as training
 from search.engine.budget import Budget, BudgetSpent
 from search.engine.callbacks import Deadline, EpochHook, Interruptible, Report
@@ -277,7 +278,11 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
     def _train(self, asked: Asked, info: TrialInfo, history: dict[str, list[float]]) -> TrialResult:
         search = self.space.search
         resume_from = asked.resume_from
-        trained = training.train(
+        folder = TrialDir(info.dir)
+        if search.folds:  # each fold in turn; the pruner is not asked (search.engine.crossval)
+            from search.engine.crossval import train_folds
+            train = functools.partial(train_folds, folds=search.folds, fold_seed=search.seed)
+        trained = (train if search.folds else training.train)(
             info.config, self.data, self.strategy,
             epochs=info.epochs, initial_epoch=info.initial_epoch, steps_per_epoch=search.steps_per_epoch,
             seed=self.info.seed * 1000 + info.number, shuffle_seed=self.info.seed + info.number,
@@ -287,7 +292,7 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             callbacks=[
                 EpochHook(self.hooks, self.info, info),
                 Interruptible(),
-                Report(self.source, asked.trial_id, self._pruned),
+                *([] if search.folds else [Report(self.source, asked.trial_id, self._pruned)]),
                 *(self.space.callbacks_fn(asked.hyperparameters) or [] if self.space.callbacks_fn else []),
                 *([Deadline(self.budget, asked.trial_id)] if self.budget else []),
             ],
@@ -297,12 +302,11 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         )
         if trained.probabilities is None:
             raise training.TrialError(f"no epoch ran (epochs {info.initial_epoch} to {info.epochs})")
-        folder = TrialDir(info.dir)
         build.save_for_serving(trained.model, folder.model)
         atomic.save_npy(folder.val_probabilities, trained.probabilities.astype(np.float32))
-        self._save_val_labels()
+        self._save_val_labels(self.data.labels(TRAIN_VAL if search.folds else "val"))
         faults.point("model-saved")
-        best = training.best_metrics(trained.history, search.objective)
+        best = trained.best or training.best_metrics(trained.history, search.objective)
         if search.minimize == "latency_ms":  # the second objective, measured on the kept weights
             from search.results.pareto import latency_ms
 
@@ -320,9 +324,9 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             train_images=trained.train_images,
         )
 
-    def _save_val_labels(self) -> None:
-        """val_labels.npy, (re)written unless it already holds exactly this data's labels."""
-        labels = self.data.labels("val")
+    def _save_val_labels(self, labels: np.ndarray) -> None:
+        """val_labels.npy, (re)written unless it already holds exactly these labels (val's, or
+        train+val's when the val probabilities are out-of-fold)."""
         path = self.folder.val_labels
         try:
             if np.array_equal(np.load(path), labels):

@@ -168,8 +168,13 @@ def _promote(saved: SavedSearch, *, top_k: int, rounds: int, refit: bool, track:
     if replaces:
         notes.append(replaces)
         print(replaces[0].upper() + replaces[1:] + ".", flush=True)
-    notes.append("in-sample figures: members chosen and scored on the same val images, which flatters them; "
-                 "held_out_*: cross-fitted, chosen on one half of the val images and scored on the other, both ways")
+    folds = saved.settings.get("folds")
+    images = f"out-of-fold predictions of the {len(labels)} train+val images ({folds} folds)" if folds else "val images"
+    notes.append(f"in-sample figures: members chosen and scored on the same {images}, which flatters them; "
+                 f"held_out_*: cross-fitted, chosen on one half of the {images} and scored on the other, both ways")
+    if folds:
+        notes.append(f"each trial's model averages its {folds} fold models (--refit retrains one model on "
+                     "train+val instead); the val figures are out-of-fold, with no model scoring images it trained on")
 
     data = None
     try:
@@ -191,7 +196,8 @@ def _promote(saved: SavedSearch, *, top_k: int, rounds: int, refit: bool, track:
 
     faults.point("promotion")
     model = _save_champion(promoted, member_paths, folder.champion)
-    check = _check_model(model, promoted, probabilities, data, labels) if data is not None and not refit else {}
+    check = _check_model(model, promoted, probabilities, data, labels) if data is not None and not refit \
+        and not folds else {}
     promoted_row = {**_row(promoted, test.get(promoted.method), choice, sizes), "model": str(folder.champion),
                     "sha256": champions.digest(folder.champion), "refit": refit, **check}
     if refit and test and data is not None:
@@ -203,10 +209,11 @@ def _promote(saved: SavedSearch, *, top_k: int, rounds: int, refit: bool, track:
         "finished_trials": len(probabilities),
         "trials": trial_ids,
         "val_images": int(len(labels)),
+        "folds": folds,
         "metric": f"val {objective.removeprefix('val_')}, val log-loss breaking ties",
         "objective": objective,
         "top_k": top_k, "rounds": rounds, "refit": refit,
-        "held_out": {"method": f"cross-fitting on {heldout.PARTS} stratified halves of the val images",
+        "held_out": {"method": f"cross-fitting on {heldout.PARTS} stratified halves of the {images}",
                      "seed": saved.seed, "margin": choice.margin, "margin_rule": heldout.margin_rule(objective)},
         "candidates": {s.method: _row(s, test.get(s.method), choice, sizes) for s in candidates},
         "promoted": promoted_row,

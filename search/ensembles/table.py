@@ -21,7 +21,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     shown = [m for m in ("val_accuracy", "val_f1", "val_top5_accuracy", "val_loss") if m in next(iter(rows.values()))]
     with_test = any("test_accuracy" in r for r in rows.values())
     with_held = any(f"held_out_{objective}" in r for r in rows.values())
-    print(f"\nEnsembles of {summary['finished_trials']} finished trials, scored on {summary['val_images']} val images"
+    images = f"out-of-fold predictions of {summary['val_images']} train+val images ({summary['folds']} folds)" \
+        if summary.get("folds") else f"{summary['val_images']} val images"
+    print(f"\nEnsembles of {summary['finished_trials']} finished trials, scored on {images}"
           + (" and the labelled test split" if with_test else "") + f", by {objective}:")
     header = "".join(f" {m.removeprefix('val_'):>10}" for m in shown)
     held_header = f" {'held-out ' + name:>18} {'cost':>5}" if with_held else ""
@@ -34,7 +36,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"  {LABELS[method]:<18}{values}{held}{test}  {_members(r)}")
     if with_held:
         margin = summary.get("held_out", {}).get("margin")
-        print("  in-sample: chosen and scored on the same val images; held-out: chosen on one half, scored on the "
+        print("  in-sample: chosen and scored on the same images; held-out: chosen on one half, scored on the "
               "other, both ways" + (f"; an ensemble must gain {margin:.4f} held-out" if margin is not None else ""))
     promoted = summary["promoted"]
     print(f"Promoted: {LABELS[promoted['method']]} ({_members(promoted)}); {summary['reason']}.")

@@ -30,6 +30,8 @@ log = logging.getLogger("search")
 
 # The metrics trials.csv and the leaderboard show, best-epoch values.
 COLUMNS = tuple(metrics.METRICS)
+# A metric's standard deviation over the folds of a k-fold trial: `<metric>_fold_std`.
+FOLD_STD = "_fold_std"
 # history["stage"] of a trial with a frozen stage (search.engine.trial's PROBE, FINE_TUNE).
 STAGES = {1.0: "probe", 2.0: "fine_tune"}
 FINISHED = (COMPLETED, "PRUNED")  # a trial that trained and was scored
@@ -155,6 +157,7 @@ def trials_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         row["backbone"] = model_of(r)
         best = r.get("best") or {}
         row.update({m: best.get(m) for m in COLUMNS})
+        row.update({m: v for m, v in best.items() if m.endswith(FOLD_STD)})  # a k-fold search's spreads
         row["stage"] = STAGES.get(float(best.get("stage") or 0))  # staged trials: the stage of the best epoch
         row.update({
             "epochs_run": r.get("epochs_run"),
@@ -188,7 +191,9 @@ def leaderboard(table: pd.DataFrame, objective: str, *, top: int = 5) -> pd.Data
     done = table[table["status"] == COMPLETED]
     best = done.sort_values(objective, ascending=metrics.direction(objective) == "min").head(top)
     shown = [m for m in ("val_accuracy", "val_f1", "val_loss") if m != objective and table[m].notna().any()]
-    fixed = ("trial_id", "status", "error", "worker", "epochs_run", "seconds", "params", "size_mb", *COLUMNS)
+    spreads = [c for c in table.columns if c.endswith(FOLD_STD)]
+    fixed = ("trial_id", "status", "error", "worker", "epochs_run", "seconds", "params", "size_mb", *COLUMNS, *spreads)
     varying = [c for c in table.columns if c not in fixed and table[c].nunique(dropna=False) > 1]
-    columns = ["trial_id", objective, *shown, *varying, "epochs_run", "seconds", "params", "size_mb"]
+    spread = [objective + FOLD_STD] if objective + FOLD_STD in table else []
+    columns = ["trial_id", objective, *spread, *shown, *varying, "epochs_run", "seconds", "params", "size_mb"]
     return best[[c for c in columns if c in best]]

@@ -66,6 +66,14 @@ def hooks_for(space: Any) -> list[SearchHooks]:
     return [MlflowTracker(config)] if config.enabled else []
 
 
+def objective_first(metrics: dict[str, Any], search: SearchInfo, prefix: str = "") -> list[tuple[str, Any]]:
+    """The metrics with the search's objective first: the MLflow UI keeps the order a run's
+    metrics were first logged in, and its compare page's parallel-coordinates plot shows the
+    first one shared by the runs compared (it was the training accuracy)."""
+    objective = prefix + str(search.settings.get("objective", "val_accuracy"))
+    return sorted(metrics.items(), key=lambda item: item[0] != objective)
+
+
 def labels_digest(path: Path) -> str | None:
     """A digest of val_labels.npy's labels: trials of one study agree on it, or cannot be averaged."""
     try:
@@ -268,7 +276,8 @@ class MlflowTracker(Healing, SearchHooks):
         now = int(time.time() * 1000)
         # Step = the epoch as Keras prints it (1-based), the same in the learning-curves plot.
         self._pending.setdefault(run_id, []).extend(
-            Metric(k, float(v), now, epoch + 1) for k, v in logs.items() if isinstance(v, (int, float, np.number)))
+            Metric(k, float(v), now, epoch + 1) for k, v in objective_first(logs, search)
+            if isinstance(v, (int, float, np.number)))
         if time.monotonic() - self._flushed >= self.config.flush_seconds:
             self._flush(run_id)
 
@@ -305,7 +314,8 @@ class MlflowTracker(Healing, SearchHooks):
         if digest and result.status in (COMPLETED, PRUNED):
             tags["val_labels_digest"] = digest
         self.client.log_batch(
-            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items() if v is not None],
+            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in objective_first(summary, search, "best_")
+                             if v is not None],
             tags=self._tags(tags))
         if background:
             self._in_flight.append(self._background.submit(self._log_trial_files, run_id, search, trial, result))
@@ -373,14 +383,16 @@ class MlflowTracker(Healing, SearchHooks):
         return drawn
 
     def _log_best_so_far(self, search: SearchInfo, trial: TrialInfo) -> None:
-        # The search's row in the runs list compares searches: its trial count beside its best score.
-        self.client.log_metric(self.parent_id, "trials_finished", float(len(self._ended)), step=trial.number)
+        # The search's row in the runs list compares searches: its trial count beside its best score,
+        # logged first so that the compare page plots it (see objective_first).
         try:
             best = json.loads(SpaceDir(search.space_dir).best_record.read_text())
         except (OSError, ValueError):
-            return
-        self.client.log_metric(self.parent_id, f"best_{best['objective']}", float(best["score"]), step=trial.number)
-        self.client.set_tag(self.parent_id, "best_trial_id", best["trial_id"])
+            best = None
+        if best is not None:
+            self.client.log_metric(self.parent_id, f"best_{best['objective']}", float(best["score"]), step=trial.number)
+            self.client.set_tag(self.parent_id, "best_trial_id", best["trial_id"])
+        self.client.log_metric(self.parent_id, "trials_finished", float(len(self._ended)), step=trial.number)
 
     # Models ------------------------------------------------------------------------------
     def _log_best_model(self, search: SearchInfo) -> None:

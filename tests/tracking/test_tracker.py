@@ -292,3 +292,12 @@ def test_three_trackers_starting_at_once_on_a_fresh_store_all_track(tmp_path):
     lines = [o[0].split()[-2:] for o in outputs]
     assert [state for state, _ in lines] == ["enabled"] * 3, outputs
     assert len({experiment for _, experiment in lines}) == 1  # one experiment, created once
+
+
+def test_the_objective_is_each_runs_first_metric_so_the_compare_page_plots_it(first):
+    # MLflow's compare page colours its parallel-coordinates plot by the first metric the compared
+    # runs share, in the order they were first logged (it was the training accuracy).
+    _, parents, trials, _, client = first
+    for trial_run in trials:
+        assert next(iter(client.get_run(trial_run.info.run_id).data.metrics)) == "val_accuracy"
+    assert next(iter(client.get_run(parents[0].info.run_id).data.metrics)) == "best_val_accuracy"
