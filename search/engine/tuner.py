@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import tensorflow as tf
 from search import compat, metrics
 from search.data.dataset import ImageData
 from search.engine import interrupts, trial as training
+from search.engine.halving import Decision, Rung
 from search.engine.budget import Budget, BudgetSpent
 from search.engine.callbacks import Deadline, EpochHook, Report
 from search.core.hooks import HookList, SearchInfo, TrialInfo, TrialResult
@@ -106,6 +108,9 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         self.source = source
         self._memory = TrialMemory()
         self._pruned: set[str] = set()
+        # Search(fine_tune_best): the rung that decides which probed trials are fine-tuned.
+        self._rung = Rung(self.folder, space.search) if space.search.fine_tune_best is not None else None
+        self._decisions: dict[str, Decision] = {}
         self.last_error: str | None = None
         self.failures: list[str] = []  # this process's failed trials' errors
         source.open(info.space_dir)
@@ -263,9 +268,31 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
                                seconds=time.monotonic() - started, error=redact(failure_message(e)))
         if asked.trial_id in self._pruned:
             result.status = PRUNED  # stopped by the pruner; its model and metrics are kept like any other
+        decision = self._decisions.pop(asked.trial_id, None)
+        if decision is not None:
+            if not decision.fine_tune:
+                result.status = PRUNED  # ended at the rung: its probe's model and metrics are its result
+            result.note = decision.note
         if self.budget is not None and self.budget.stopped_trial == asked.trial_id:
-            result.note = f"stopped at the time budget after {result.epochs_run} of {info.epochs - info.initial_epoch} epochs"
+            stopped = f"stopped at the time budget after {result.epochs_run} of {info.epochs - info.initial_epoch} epochs"
+            result.note = f"{result.note}; {stopped}" if result.note else stopped
         return result
+
+    def _fine_tune_if(self, asked: Asked) -> Callable[[training.Trained], bool] | None:
+        """Search(fine_tune_best): the rung's decision at the end of the trial's probe."""
+        rung = self._rung
+        if rung is None:
+            return None
+        objective = self.space.search.objective
+
+        def decide(probed: training.Trained) -> bool:
+            score = training.best_metrics(probed.history, objective).get(objective)
+            if score is None:
+                return True  # nothing to rank it by (no validation): trained as declared
+            self._decisions[asked.trial_id] = decision = rung.decide(asked.trial_id, score, asked.runs_again)
+            return decision.fine_tune
+
+        return decide
 
     def _interrupted(self, info: TrialInfo, history: dict[str, list[float]], started: float) -> None:
         killed = TrialResult(status=KILLED, history=history, epochs_run=len(history.get("loss", [])),
@@ -292,6 +319,7 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             build_model=user_builder(self.space, asked.hyperparameters),
             verbose=self.verbose,
             feature_cache=self.feature_cache, cached_views=search.cached_views,
+            fine_tune_if=self._fine_tune_if(asked),
         )
         if trained.probabilities is None:
             raise training.TrialError(f"no epoch ran (epochs {info.initial_epoch} to {info.epochs})")
