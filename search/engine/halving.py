@@ -39,6 +39,7 @@ class Decision:
     probes: int  # the probes it was ranked among, itself included
     fine_tune: bool
     fraction: float
+    min_probes: int = 1
 
     @property
     def note(self) -> str:
@@ -46,6 +47,8 @@ class Decision:
         where = f"probe {self.rank} of {self.probes}"
         if self.fine_tune:
             return f"fine-tuned: {where}"
+        if self.probes < self.min_probes:
+            return f"probe only: {where}, fewer than the {self.min_probes} probes needed to fine-tune any"
         return f"probe only: {where}, not in the best {self.fraction:.0%}"
 
     def as_json(self) -> dict[str, Any]:
@@ -96,7 +99,7 @@ class Rung:
                 others = [d.score for t, d in recorded.items() if t not in (trial_id, *earlier)]
                 go_on, rank, probes = fine_tunes(score, others, fraction=self.fraction, min_probes=self.min_probes,
                                                  objective=self.objective)
-                decision = Decision(trial_id, float(score), rank, probes, go_on, self.fraction)
+                decision = Decision(trial_id, float(score), rank, probes, go_on, self.fraction, self.min_probes)
             path = self.folder.trial(trial_id).path / RECORD
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_json(path, decision.as_json())
