@@ -73,6 +73,17 @@ class Data:
                 raise SpaceError(f"Data({name}={value!r}) must be a whole number >= 1, or None.")
 
 
+# Successive halving of probe_then_all trials (search.engine.halving): the settings' meaning,
+# as docs/vocabulary.md lists them.
+HALVING_SETTINGS = {
+    "fine_tune_best": ("a fraction in (0, 1]", "with `fine_tune=\"probe_then_all\"`: a trial is fine-tuned only when "
+                       "its probe ranks in this best fraction of the probes recorded so far; the others end PRUNED "
+                       "with their probe's result (docs/features.md)"),
+    "min_probes": ("a whole number (default `ceil(1 / fine_tune_best)`)",
+                   "probes recorded before `fine_tune_best` fine-tunes any trial"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Search:
     """How to search: algorithm, objective, budget and stopping."""
