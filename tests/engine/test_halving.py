@@ -95,3 +95,37 @@ def test_a_space_fine_tune_best_cannot_rank_is_refused_in_one_line(tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "runs" / "halving").exists()
+
+
+def test_optuna_is_told_a_probe_only_trial_as_pruned_and_a_retry_names_the_trial_it_runs_again(tmp_path):
+    import time
+
+    from optuna.trial import TrialState
+
+    from search.core.hooks import TrialResult
+    from search.core.status import COMPLETED, PRUNED
+    from search.engine.optuna_source import OptunaSource
+
+    search = Search(algorithm="tpe", max_trials=4, epochs=3, fine_tune_best=0.5,
+                    options={"pruner": "none", "heartbeat_interval": 1, "grace_period": 5})
+    source = OptunaSource(search, 0)
+    source.oracle.open(tmp_path / "fake")
+    source.oracle.hyperparameters.Float("learning_rate", 1e-4, 1e-2, sampling="log")
+    for status, curve in ((PRUNED, [0.5]), (COMPLETED, [0.6, 0.8, 0.9])):
+        asked = source.ask()
+        assert asked.runs_again == ()
+        for epoch, value in enumerate(curve):
+            assert not source.report(asked.trial_id, epoch, {"val_accuracy": value})
+        source.tell(asked.trial_id, TrialResult(status=status, history={"val_accuracy": curve}, epochs_run=len(curve),
+                                                seconds=1.0, best={"val_accuracy": max(curve)}))
+    study = source.oracle.study
+    # TPE ranks a pruned trial below every complete one: a probe is not a fine-tuned result.
+    assert [t.state for t in study.get_trials()] == [TrialState.PRUNED, TrialState.COMPLETE]
+
+    dead = study.ask()  # a worker on another machine that stopped beating
+    dead.suggest_float("learning_rate", 1e-4, 1e-2, log=True)
+    dead.set_user_attr("worker", {"host": "elsewhere", "pid": 4242, "started": "1", "namespace": "x", "token": "t"})
+    dead.set_user_attr("heartbeat", time.time() - 60)
+    retry = source.ask()  # its retry: it follows the probe decision of the trial it runs again
+    assert retry.trial_id == "0003" and retry.runs_again == ("0002",)
+    source.close()
