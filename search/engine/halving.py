@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from search import metrics
@@ -104,6 +104,20 @@ class Rung:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_json(path, decision.as_json())
             return decision
+
+    def gate(self, trial_id: str, runs_again: Sequence[str], decided: dict[str, Decision]) -> Callable[[Any], bool]:
+        """What `search.engine.trial.train` asks at the end of a trial's probe (given the probe's
+        `Trained`): whether it fine-tunes. The decision is also kept in `decided`."""
+        from search.engine.trial import best_metrics  # TensorFlow: only once a search trains
+
+        def fine_tune(probed: Any) -> bool:
+            score = best_metrics(probed.history, self.objective).get(self.objective)
+            if score is None:
+                return True  # nothing to rank it by (no validation): trained as declared
+            decided[trial_id] = decision = self.decide(trial_id, score, runs_again)
+            return decision.fine_tune
+
+        return fine_tune
 
 
 def _read(path: Any) -> Decision | None:

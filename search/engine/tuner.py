@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +214,7 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         faults.point("after-tell")
         self._publish(info, result)
         self._memory.release()  # after the hooks: their references to the trial's objects are gone by then
+        self._decisions.pop(asked.trial_id, None)  # a trial that failed after its probe's decision
         if stop is not None:
             raise stop
         if self.budget is not None and self.budget.over():
@@ -278,22 +278,6 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             result.note = f"{result.note}; {stopped}" if result.note else stopped
         return result
 
-    def _fine_tune_if(self, asked: Asked) -> Callable[[training.Trained], bool] | None:
-        """Search(fine_tune_best): the rung's decision at the end of the trial's probe."""
-        rung = self._rung
-        if rung is None:
-            return None
-        objective = self.space.search.objective
-
-        def decide(probed: training.Trained) -> bool:
-            score = training.best_metrics(probed.history, objective).get(objective)
-            if score is None:
-                return True  # nothing to rank it by (no validation): trained as declared
-            self._decisions[asked.trial_id] = decision = rung.decide(asked.trial_id, score, asked.runs_again)
-            return decision.fine_tune
-
-        return decide
-
     def _interrupted(self, info: TrialInfo, history: dict[str, list[float]], started: float) -> None:
         killed = TrialResult(status=KILLED, history=history, epochs_run=len(history.get("loss", [])),
                              seconds=time.monotonic() - started, error="interrupted")
@@ -319,7 +303,7 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             build_model=user_builder(self.space, asked.hyperparameters),
             verbose=self.verbose,
             feature_cache=self.feature_cache, cached_views=search.cached_views,
-            fine_tune_if=self._fine_tune_if(asked),
+            fine_tune_if=self._rung.gate(asked.trial_id, asked.runs_again, self._decisions) if self._rung else None,
         )
         if trained.probabilities is None:
             raise training.TrialError(f"no epoch ran (epochs {info.initial_epoch} to {info.epochs})")
