@@ -28,7 +28,9 @@ from search.errors import SearchError, SpaceError, did_you_mean
 from search.models.backbones import BACKBONES
 from search.spacefile import line_in, run_file
 
-SMOKE_SEARCH = {"max_trials": 2, "epochs": 1, "steps_per_epoch": 3, "early_stopping": None}
+# fine_tune_best off: two 1-epoch trials are probes only, with no fine-tuning to rank them for.
+SMOKE_SEARCH = {"max_trials": 2, "epochs": 1, "steps_per_epoch": 3, "early_stopping": None, "fine_tune_best": None,
+                "min_probes": None}
 SMOKE_IMAGE_SIZE = 32
 
 

@@ -129,3 +129,13 @@ def test_optuna_is_told_a_probe_only_trial_as_pruned_and_a_retry_names_the_trial
     retry = source.ask()  # its retry: it follows the probe decision of the trial it runs again
     assert retry.trial_id == "0003" and retry.runs_again == ("0002",)
     source.close()
+
+
+def test_a_smoke_run_of_a_halving_space_drops_the_halving(tmp_path):
+    from search.space import load_space
+
+    space = tmp_path / "halving.py"
+    space.write_text(SPACE.format(epochs=6, fine_tune="probe_then_all", own=""))
+    assert load_space(space).search.fine_tune_best == 0.5
+    smoke = load_space(space, smoke=True)  # 2 trials of 1 epoch: nothing to fine-tune, nothing to rank
+    assert smoke.search.fine_tune_best is None and smoke.search.epochs == 1
