@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,6 +73,17 @@ class Data:
                 raise SpaceError(f"Data({name}={value!r}) must be a whole number >= 1, or None.")
 
 
+# Successive halving of probe_then_all trials (search.engine.halving): the settings' meaning,
+# as docs/vocabulary.md lists them.
+HALVING_SETTINGS = {
+    "fine_tune_best": ("a fraction in (0, 1]", "with `fine_tune=\"probe_then_all\"`: a trial is fine-tuned only when "
+                       "its probe ranks in this best fraction of the probes recorded so far; the others end PRUNED "
+                       "with their probe's result (docs/features.md)"),
+    "min_probes": ("a whole number (default `ceil(1 / fine_tune_best)`)",
+                   "probes recorded before `fine_tune_best` fine-tunes any trial"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Search:
     """How to search: algorithm, objective, budget and stopping."""
@@ -100,6 +112,14 @@ class Search:
     # that many backbone passes to build them; 1 trains cached heads on plain images only
     # (the trade-off is measured by bench/cached_views.py).
     cached_views: int = 1
+    # Successive halving at the probe/fine-tune boundary (fine_tune="probe_then_all"): every
+    # trial trains its head on cached features for probe_epochs; at its probe's end it is
+    # fine-tuned only if its probe ranks in this best fraction of the probes recorded so far,
+    # and otherwise ends PRUNED with its probe's result (docs/features.md). None: all go on.
+    fine_tune_best: float | None = None
+    # Probes recorded before any trial is fine-tuned (None: enough for the best fraction to
+    # hold one, ceil(1 / fine_tune_best)).
+    min_probes: int | None = None
     # The command line starts a fresh process (and resumes) after this many trials. Each
     # trial's memory is released after it (search.memory), so None (never) is the default;
     # a number bounds what a leak outside the search's reach (custom code, a GPU allocator
@@ -163,5 +183,40 @@ class Search:
         if self.folds is not None and self.algorithm == "hyperband":
             raise SpaceError(f"Search(folds={self.folds}) does not combine with algorithm='hyperband', whose later "
                              "rounds continue one model's weights; use random, bayesian or an Optuna algorithm.")
+        self._check_fine_tune_best()
         if not isinstance(self.tensorboard, bool):
             raise SpaceError(f"Search(tensorboard={self.tensorboard!r}) must be True or False.")
+
+    def _check_fine_tune_best(self) -> None:
+        fraction = self.fine_tune_best
+        if fraction is None:
+            if self.min_probes is not None:
+                raise SpaceError(f"Search(min_probes={self.min_probes!r}) applies with fine_tune_best only; "
+                                 "set fine_tune_best too, e.g. fine_tune_best=0.25, or drop min_probes.")
+            return
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise SpaceError(f"Search(fine_tune_best={fraction!r}) must be a fraction in (0, 1], e.g. 0.25 "
+                             "(the best quarter of the probes is fine-tuned).")
+        if self.min_probes is not None and (isinstance(self.min_probes, bool) or not isinstance(self.min_probes, int)
+                                            or self.min_probes < 1):
+            raise SpaceError(f"Search(min_probes={self.min_probes!r}) must be a whole number >= 1, or None.")
+        if self.probes_before_fine_tuning > self.max_trials:
+            raise SpaceError(
+                f"Search(fine_tune_best={fraction!r}) fine-tunes nothing before {self.probes_before_fine_tuning} "
+                f"probes, and max_trials is {self.max_trials}: raise max_trials or lower min_probes.")
+        if self.algorithm == "hyperband":
+            raise SpaceError("Search(fine_tune_best=...) is successive halving of its own; hyperband sets each "
+                             "trial's epochs itself: use another algorithm (random, bayesian, tpe, ...).")
+        if self.folds is not None:
+            raise SpaceError(f"Search(fine_tune_best=...) does not combine with folds={self.folds}: a probe is "
+                             "ranked on one validation split; drop one of the two.")
+        if self.minimize is not None:
+            raise SpaceError(f"Search(fine_tune_best=...) ranks probes on the objective alone; it does not take "
+                             f"a second objective (minimize={self.minimize!r}): drop one of the two.")
+
+    @property
+    def probes_before_fine_tuning(self) -> int:
+        """How many probes must be recorded before `fine_tune_best` fine-tunes any trial."""
+        if self.min_probes is not None:
+            return int(self.min_probes)
+        return max(1, math.ceil(1 / float(self.fine_tune_best or 1) - 1e-9))

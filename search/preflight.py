@@ -45,6 +45,10 @@ def check_command(space_file: str, *, data_path: str | None, sets: dict[str, str
             dataclasses.replace(search, time_budget=time_budget)
         except SearchError as e:  # said as the option it came from, as the command says it once the space is loaded
             raise SearchError(str(e).replace("Search(time_budget=", "--time-budget (")) from None
+    if search.fine_tune_best is not None and callable(getattr(module, "build_model", None)):
+        raise SpaceError(f"{path}: Search(fine_tune_best={search.fine_tune_best!r}) ranks trials on a probe of a "
+                         "cached backbone, and this space builds its own model (build_model): drop fine_tune_best, "
+                         "or declare a backbone instead of build_model.")
     data_fields = {f.name for f in dataclasses.fields(Data)}
     if data_fields.isdisjoint(sets):  # a Data setting given with --set is applied by load_space, then checked
         locate.check_layout(data, data_path)

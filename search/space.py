@@ -28,7 +28,9 @@ from search.errors import SearchError, SpaceError, did_you_mean
 from search.models.backbones import BACKBONES
 from search.spacefile import line_in, run_file
 
-SMOKE_SEARCH = {"max_trials": 2, "epochs": 1, "steps_per_epoch": 3, "early_stopping": None}
+# fine_tune_best off: two 1-epoch trials are probes only, with no fine-tuning to rank them for.
+SMOKE_SEARCH = {"max_trials": 2, "epochs": 1, "steps_per_epoch": 3, "early_stopping": None, "fine_tune_best": None,
+                "min_probes": None}
 SMOKE_IMAGE_SIZE = 32
 
 
@@ -164,6 +166,7 @@ def load_space(
     if smoke and "image_size" not in fixed:
         fixed["image_size"] = _smoke_image_size(space)
     _validate_hyperparameters(space)
+    check_fine_tune_best(space)
     if space.data.tfrecord_size is None:
         # Which of Kaggle's TFRecord sizes to read: the largest the trials can ask for, so
         # none is upscaled from a smaller copy (the data is opened once, before any trial).
@@ -306,6 +309,31 @@ def _validate_hyperparameters(space: Space) -> None:
         except SpaceError as e:
             pinned = " (fixed by --set)" if param.name in space.fixed else ""
             raise SpaceError(f"{space.path}: {e}{pinned}") from None
+
+
+def check_fine_tune_best(space: Space) -> None:
+    """Search(fine_tune_best) ranks every trial on its probe: each must be probe_then_all on a
+    backbone the search builds (and can cache), with epochs left after the probe."""
+    search = space.search
+    if search.fine_tune_best is None:
+        return
+    setting = f"{space.path}: Search(fine_tune_best={search.fine_tune_best!r})"
+    if space.build_fn is not None:
+        raise SpaceError(f"{setting} ranks trials on a probe of a cached backbone, and this space builds its own "
+                         "model (build_model): drop fine_tune_best, or declare a backbone instead of build_model.")
+    hp = _declared(space)
+    def every(name: str) -> list[Any]:  # a space may declare a name under each backbone
+        return [v for param in hp.space if param.name == name for v in _values(param)] or [hparams.DEFAULTS[name]]
+
+    modes = sorted(set(every("fine_tune")))
+    if modes != ["probe_then_all"]:
+        found = ", ".join(map(repr, modes))
+        raise SpaceError(f"{setting} needs every trial to probe then fine-tune, and fine_tune takes {found}: "
+                         "declare hp.Fixed(\"fine_tune\", \"probe_then_all\").")
+    probes = every("probe_epochs")
+    if max(probes) >= search.epochs:
+        raise SpaceError(f"{setting}: probe_epochs can be {max(probes)}, and epochs is {search.epochs}, so no epoch "
+                         "is left to fine-tune: lower probe_epochs or raise epochs.")
 
 
 def _smoke_image_size(space: Space) -> int:

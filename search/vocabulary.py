@@ -13,6 +13,7 @@ from pathlib import Path
 
 from search import metrics
 from search.core.options import PRUNERS
+from search.declare import HALVING_SETTINGS
 from search.data.augment import POLICIES
 from search.core.algorithms import ALGORITHMS
 from search.hparams import DEFAULTS, MEANING, WORDS
@@ -53,9 +54,9 @@ def words() -> str:
         ("minimize", dict(metrics.COSTS)),
         ("pruner", {k: f"{v}; Optuna's: `options={{'pruner': '{k}'}}`" for k, v in PRUNERS.items()}),
     ]
-    return _table(("setting", "value", "meaning"),
-                  ((f"`{setting}`", f"`{value}`", meaning) for setting, values in sections
-                   for value, meaning in values.items()))
+    rows = [(f"`{setting}`", f"`{value}`", meaning) for setting, values in sections for value, meaning in values.items()]
+    rows += [(f"`{setting}`", value, meaning) for setting, (value, meaning) in HALVING_SETTINGS.items()]
+    return _table(("setting", "value", "meaning"), rows)
 
 
 TABLES = {"hyperparameters": hyperparameters, "words": words, "backbones": backbones}

@@ -260,6 +260,12 @@ class OptunaOracle(Reaper, kt.Oracle):
     def trial_number(self, trial_id: str) -> int:
         return int(trial_id) + 1
 
+    def runs_again(self, trial_id: str) -> tuple[str, ...]:
+        """The ids of the trials a retried trial runs again (a dead worker's), oldest first."""
+        number = self._asked[trial_id].number
+        frozen = next(t for t in self._trials() if t.number == number)
+        return tuple(f"{n:04d}" for n in RetryHeartbeatStaleTrialCallback.retry_history(frozen))
+
     def report(self, trial_id: str, epoch: int, logs: dict[str, float]) -> bool:
         """Report the objective after an epoch (0-based); True when the pruner stops the trial."""
         trial = self._asked.get(trial_id)
@@ -304,8 +310,8 @@ class OptunaOracle(Reaper, kt.Oracle):
         kept = study.summary_of(self.folder.trial(trial.trial_id)) if self.folder is not None else None
         if kept is not None:
             self._storage_call(lambda: asked.set_user_attr(study.RECORD_ATTR, kept))
-        if trial.trial_id in self._pruned:
-            tell(self.study, asked, state=TrialState.PRUNED)
+        if trial.trial_id in self._pruned or (result is not None and result.status == PRUNED):
+            tell(self.study, asked, state=TrialState.PRUNED)  # the pruner's, or Search(fine_tune_best)'s rung
             return
         value = result.best.get(self.metric) if result else None
         if trial.status != TrialStatus.COMPLETED or value is None or not math.isfinite(value):

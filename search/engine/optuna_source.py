@@ -56,7 +56,8 @@ class OptunaSource:
             return None
         self._running[trial.trial_id] = trial
         return Asked(trial_id=trial.trial_id, number=self.oracle.trial_number(trial.trial_id),
-                     hyperparameters=trial.hyperparameters, epochs=self.search.epochs)
+                     hyperparameters=trial.hyperparameters, epochs=self.search.epochs,
+                     runs_again=self.oracle.runs_again(trial.trial_id))
 
     def report(self, trial_id: str, epoch: int, logs: dict[str, float]) -> bool:
         return self.oracle.report(trial_id, epoch, logs)

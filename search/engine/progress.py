@@ -61,7 +61,8 @@ class ConsoleProgress(SearchHooks):
         line = f"Trial {trial.trial_id} {result.status} in {result.seconds:.0f}s"
         stream = None
         if result.status in FINISHED and score is not None:
-            self._offer(score, trial.trial_id, objective)
+            if result.status == COMPLETED:  # as best.keras: a pruned trial's score is of fewer epochs
+                self._offer(score, trial.trial_id, objective)
             line += f": {objective} {score:.4f}, {result.epochs_run} epochs"
             if result.params:
                 line += f", {result.params:,} params"

@@ -33,6 +33,7 @@ class Asked:
     epochs: int
     initial_epoch: int = 0
     resume_from: str | None = None  # Hyperband: the trial whose weights this one continues
+    runs_again: tuple[str, ...] = ()  # the trials of dead workers this one runs again (an Optuna retry)
 
     @property
     def values(self) -> dict[str, Any]:

@@ -75,6 +75,7 @@ def train(
     verbose: int = 0,
     feature_cache: FeatureCache | None = None,
     cached_views: int = 1,
+    fine_tune_if: Callable[[Trained], bool] | None = None,
 ) -> Trained:
     """Train `config` on `split` and return the model with the weights of its best epoch.
 
@@ -87,7 +88,8 @@ def train(
     A frozen backbone (`fine_tune` frozen, and the first `probe_epochs` of probe_then_all)
     trains its head on the pooled features `feature_cache` holds, when one is given; the
     model returned is the whole model either way. `history["stage"]` says which stage each
-    epoch belongs to (PROBE or FINE_TUNE) for those two modes.
+    epoch belongs to (PROBE or FINE_TUNE) for those two modes. `fine_tune_if`, given the
+    probe's result, says whether probe_then_all goes on to its second stage.
     """
     replicas = int(strategy.num_replicas_in_sync)
     keras.utils.set_random_seed(seed)
@@ -119,7 +121,7 @@ def train(
     probed = _fit(fitted, model, config, data, split, val_split, epochs=probe_until, initial_epoch=initial_epoch,
                   seed=shuffle_seed, steps_per_epoch=steps_per_epoch, replicas=replicas, objective=objective,
                   patience=patience, callbacks=callbacks, history=history, verbose=verbose, stage=PROBE, inputs=inputs)
-    if probe_until >= epochs or probed.stopped:
+    if probe_until >= epochs or probed.stopped or (fine_tune_if is not None and not fine_tune_if(probed)):
         return probed
 
     # Second stage: everything trains, from the head the first stage left, at its own rate.

@@ -34,6 +34,7 @@ import tensorflow as tf
 from search import compat, metrics
 from search.data.dataset import TRAIN_VAL, ImageData
 from search.engine import interrupts, trial as training
+from search.engine.halving import Decision, Rung
 from search.engine.budget import Budget, BudgetSpent
 from search.engine.callbacks import Deadline, EpochHook, Interruptible, Report
 from search.core.hooks import HookList, SearchInfo, TrialInfo, TrialResult
@@ -107,6 +108,9 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         self.source = source
         self._memory = TrialMemory()
         self._pruned: set[str] = set()
+        # Search(fine_tune_best): the rung that decides which probed trials are fine-tuned.
+        self._rung = Rung(self.folder, space.search) if space.search.fine_tune_best is not None else None
+        self._decisions: dict[str, Decision] = {}
         self.last_error: str | None = None
         self.failures: list[str] = []  # this process's failed trials' errors
         source.open(info.space_dir)
@@ -211,6 +215,7 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         faults.point("after-tell")
         self._publish(info, result)
         self._memory.release()  # after the hooks: their references to the trial's objects are gone by then
+        self._decisions.pop(asked.trial_id, None)  # a trial that failed after its probe's decision
         if stop is not None:
             raise stop
         if self.budget is not None and self.budget.over():
@@ -265,8 +270,14 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
                                seconds=time.monotonic() - started, error=redact(failure_message(e)))
         if asked.trial_id in self._pruned:
             result.status = PRUNED  # stopped by the pruner; its model and metrics are kept like any other
+        decision = self._decisions.pop(asked.trial_id, None)
+        if decision is not None:
+            if not decision.fine_tune:
+                result.status = PRUNED  # ended at the rung: its probe's model and metrics are its result
+            result.note = decision.note
         if self.budget is not None and self.budget.stopped_trial == asked.trial_id:
-            result.note = f"stopped at the time budget after {result.epochs_run} of {info.epochs - info.initial_epoch} epochs"
+            stopped = f"stopped at the time budget after {result.epochs_run} of {info.epochs - info.initial_epoch} epochs"
+            result.note = f"{result.note}; {stopped}" if result.note else stopped
         return result
 
     def _interrupted(self, info: TrialInfo, history: dict[str, list[float]], started: float) -> None:
@@ -299,6 +310,7 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
             build_model=user_builder(self.space, asked.hyperparameters),
             verbose=self.verbose,
             feature_cache=self.feature_cache, cached_views=search.cached_views,
+            fine_tune_if=self._rung.gate(asked.trial_id, asked.runs_again, self._decisions) if self._rung else None,
         )
         if trained.probabilities is None:
             raise training.TrialError(f"no epoch ran (epochs {info.initial_epoch} to {info.epochs})")

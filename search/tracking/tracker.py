@@ -310,6 +310,8 @@ class MlflowTracker(Healing, SearchHooks):
         tags = {"status": TrialStatus(result.status).csv, FILES_SENT: "false"}
         if result.error:
             tags["error"] = result.error
+        if result.note:  # e.g. "probe only: ..." or "fine-tuned: ..." (Search(fine_tune_best))
+            tags["note"] = result.note
         digest = labels_digest(SpaceDir(search.space_dir).val_labels)
         if digest and result.status in (COMPLETED, PRUNED):
             tags["val_labels_digest"] = digest

@@ -139,3 +139,94 @@ def test_impossible_cache_settings_are_refused_naming_the_setting(setting):
 
     with pytest.raises(SpaceError, match=f"Search\\({next(iter(setting))}="):
         Search(**setting)
+
+
+HALVING = SPACE.replace('max_trials=2, epochs=3, seed=1', 'max_trials=3, epochs=2, seed=1, fine_tune_best=0.5, min_probes=1') + '''
+
+def callbacks(hp):
+    import os
+
+    import keras
+
+    class Interrupt(keras.callbacks.Callback):
+        """Ctrl-C as fine-tuning (the trial's second fit) begins, while the marker file is there."""
+
+        fits = 0
+
+        def on_train_begin(self, logs=None):
+            self.fits += 1
+            if self.fits == 2 and os.path.exists({marker!r}):
+                os.remove({marker!r})
+                raise KeyboardInterrupt
+
+    return [Interrupt()]
+'''
+
+
+def _halving_search(tmp_path, weights, data, monkeypatch, *, interrupt: bool):
+    marker = tmp_path / "interrupt"
+    if interrupt:
+        marker.touch()
+    space = tmp_path / "halving.py"
+    space.write_text(HALVING.format(weights=str(weights), marker=str(marker)))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    args = [str(space), "--data", str(data), "--runs-dir", str(tmp_path / "runs"), "--quiet", "--no-ensemble"]
+    return args, SpaceDir(tmp_path / "runs" / "halving"), uri
+
+
+def _check_halving(folder, out, uri=None):
+    """Each trial decided against the probes recorded before it, and said so everywhere (and in
+    MLflow when `uri` is its store)."""
+    table = pd.read_csv(folder.trials_csv, dtype={"trial_id": str}).set_index("trial_id")
+    assert len(table) == 3
+    client = MlflowClient(uri) if uri else None
+    runs = {r.data.tags["trial_id"]: r for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()]) if "mlflow.parentRunId" in r.data.tags} if client else {}
+    probes = []
+    for trial in folder.trial_dirs():
+        decision = json.loads((trial.path / "probe.json").read_text())
+        record = json.loads(trial.record.read_text())
+        # Ranked among the probes recorded before it (min_probes=1), the best half goes on.
+        others = [p["score"] for p in probes]
+        assert decision["score"] == record["history"]["val_accuracy"][0]
+        assert decision["fine_tune"] == (sum(s > decision["score"] for s in others) < max(1, (len(others) + 1) // 2))
+        probes.append(decision)
+        if decision["fine_tune"]:
+            assert record["status"] == "COMPLETED" and record["history"]["stage"] == [1.0, 2.0]
+            assert f"Trial {trial.id} COMPLETED" in out and "(fine-tuned: probe" in out
+        else:  # ended after its probe, with its probe's result
+            assert record["status"] == "PRUNED" and record["history"]["stage"] == [1.0]
+            assert table.loc[trial.id, "stage"] == "probe" and table.loc[trial.id, "epochs_run"] == 1
+            assert f"Trial {trial.id} PRUNED" in out and "(probe only: probe" in out
+        if client is not None:
+            assert runs[trial.id].data.tags["note"] == record["note"]
+            assert runs[trial.id].data.tags["status"] == record["status"]
+            assert [m.value for m in client.get_metric_history(runs[trial.id].info.run_id, "stage")] == \
+                record["history"]["stage"]
+    assert {p["fine_tune"] for p in probes} == {True, False}, probes
+    # best.keras is the best fine-tuned trial's model.
+    best = json.loads(folder.best_record.read_text())["trial_id"]
+    assert table.loc[best, "status"] == "COMPLETED"
+
+
+def test_fine_tune_best_fine_tunes_the_best_probes_and_ends_the_others_after_their_probe(
+        tmp_path, digits_split_folders, notop_weights, monkeypatch, capsys):
+    args, folder, _ = _halving_search(tmp_path, notop_weights, digits_split_folders, monkeypatch, interrupt=False)
+    assert run.main([*args, "--no-tracking"]) == 0  # MLflow's side: the slow test below
+    _check_halving(folder, capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_a_trial_interrupted_after_its_probe_is_run_again_on_its_recorded_decision_and_mlflow_has_both_stages(
+        tmp_path, digits_split_folders, notop_weights, monkeypatch, capsys):
+    args, folder, uri = _halving_search(tmp_path, notop_weights, digits_split_folders, monkeypatch, interrupt=True)
+    # The first trial is fine-tuned (the best of one probe), and interrupted as fine-tuning begins.
+    assert run.main([*args, "--no-tracking"]) == 130
+    (first,) = folder.trial_dirs()
+    decided = json.loads((first.path / "probe.json").read_text())
+    assert decided["fine_tune"] is True and json.loads(first.record.read_text())["status"] == "KILLED"
+
+    assert run.main(args) == 0
+    assert json.loads((first.path / "probe.json").read_text()) == decided  # run again, not decided again
+    _check_halving(folder, capsys.readouterr().out, uri)
