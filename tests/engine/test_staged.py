@@ -37,6 +37,7 @@ def hyperparameters(hp):
 """
 
 
+@pytest.mark.slow  # in CI, the halving search below checks the same in one search
 def test_a_search_of_two_stage_trials_shares_one_cache_and_logs_both_stages(
         tmp_path, digits_split_folders, notop_weights, monkeypatch, capsys):
     space = tmp_path / "staged.py"
@@ -212,9 +213,23 @@ def _check_halving(folder, out, uri=None):
 
 def test_fine_tune_best_fine_tunes_the_best_probes_and_ends_the_others_after_their_probe(
         tmp_path, digits_split_folders, notop_weights, monkeypatch, capsys):
-    args, folder, _ = _halving_search(tmp_path, notop_weights, digits_split_folders, monkeypatch, interrupt=False)
-    assert run.main([*args, "--no-tracking"]) == 0  # MLflow's side: the slow test below
-    _check_halving(folder, capsys.readouterr().out)
+    """Also what a search of staged trials shows (the slow test above, in one search): one
+    cache computed once, both stages in MLflow, a whole model saved, `--fresh` removing the cache."""
+    args, folder, uri = _halving_search(tmp_path, notop_weights, digits_split_folders, monkeypatch, interrupt=False)
+    assert run.main(args) == 0
+    out = capsys.readouterr().out
+    _check_halving(folder, out, uri)
+    assert "4 hit(s), 2 computed" in out, out[-2000:]  # train and val features, once for the three trials
+    assert len(list(folder.features.glob("*.npy"))) == 2
+    data = open_data(Data(str(digits_split_folders)), runs_dir=tmp_path)
+    pixels = np.concatenate([x for x, _ in data.dataset("val", 32, 32).as_numpy_iterator()])
+    tuned = next(t for t in folder.trial_dirs() if json.loads((t.path / "probe.json").read_text())["fine_tune"])
+    record = json.loads(tuned.record.read_text())
+    model = keras.models.load_model(record["model_path"])  # the whole model: raw pixels in
+    np.testing.assert_allclose(model.predict(pixels, verbose=0), np.load(record["val_probabilities_path"]), atol=1e-4)
+    assert folder.features in folder.written_by_a_search()
+    folder.remove_search()
+    assert not folder.features.exists()
 
 
 @pytest.mark.slow
