@@ -88,8 +88,9 @@ def _tracking_refuses(uri: str) -> str | None:
     return None
 
 
-def _server_refuses(uri: str, timeout: float = 5.0) -> str | None:
+def _server_refuses(uri: str, timeout: float = 30.0) -> str | None:
     """Why an MLflow server does not answer this user's requests, or None when it does."""
+    # A closed port is refused at once; the timeout only waits for a server that is busy, not down.
     parts = urllib.parse.urlsplit(uri)
     host = f"{parts.hostname or 'localhost'}{f':{parts.port}' if parts.port else ''}"
     base = f"{parts.scheme}://{host}{parts.path.rstrip('/')}"

@@ -160,7 +160,7 @@ def test_a_silent_trial_on_a_sqlite_storage_is_failed_and_queued_again(tmp_path)
     silent = study.ask()
     _foreign(silent, time.time())
     study._storage.record_heartbeat(silent._trial_id)
-    time.sleep(2.5)  # past the grace period
+    time.sleep(3.2)  # past the grace period, at SQLite CURRENT_TIMESTAMP's one-second resolution
     alive = study.ask()
     _foreign(alive, time.time())
     study._storage.record_heartbeat(alive._trial_id)

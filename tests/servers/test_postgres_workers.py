@@ -16,11 +16,11 @@ from processes import Zygote, run_together
 MAX_TRIALS = 6
 
 
-def recipe(zygote: Zygote, url: str, digits: Path, root: Path, workers: int = 3, trials: int = MAX_TRIALS) -> list[str]:
+def recipe(zygote: Zygote, url: str, digits: Path, root: Path, workers: int = 3, max_trials: int = MAX_TRIALS) -> list[str]:
     """The README's command on `workers` "machines" (runs folders) at once; checks and returns
     a line per fact worth quoting."""
     runs = [root / f"R{i}" for i in range(1, workers + 1)]
-    command = [str(TINY), "--data", str(digits), "--algorithm", "tpe", "--max-trials", str(trials),
+    command = [str(TINY), "--data", str(digits), "--algorithm", "tpe", "--max-trials", str(max_trials),
                "--storage", url, "--quiet"]
     ended = run_together(zygote, [([*command, "--runs-dir", str(r)], None) for r in runs])
     for e in ended:
@@ -29,7 +29,7 @@ def recipe(zygote: Zygote, url: str, digits: Path, root: Path, workers: int = 3,
     trials = optuna.load_study(study_name="tiny", storage=url).trials
     states = collections.Counter(t.state for t in trials)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == trials, states
+    assert len(finished) == max_trials, states
     # A trial beyond the budget, asked by workers racing for the last one, is marked surplus; nothing else fails.
     assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL), states
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
@@ -48,7 +48,7 @@ def recipe(zygote: Zygote, url: str, digits: Path, root: Path, workers: int = 3,
     # says so, and does not wait for them.
     assert not any("waiting for" in e.stdout for e in ended)
     promoter = next(e for e in ended if "Champion:" in e.stdout)
-    assert max(per_worker) == trials or "this runs folder's own" in promoter.stderr, promoter.stderr[-2000:]
+    assert max(per_worker) == max_trials or "this runs folder's own" in promoter.stderr, promoter.stderr[-2000:]
     return [f"exit codes {[e.code for e in ended]}; study: {dict((s.name, n) for s, n in states.items())}; "
             f"trials per worker {per_worker}; one promotion"]
 
@@ -56,4 +56,4 @@ def recipe(zygote: Zygote, url: str, digits: Path, root: Path, workers: int = 3,
 def test_three_workers_started_at_once_on_five_empty_databases(zygote, database, digits_folders, tmp_path):
     for attempt in range(5):  # the race is at the start: after the first, a trial per worker is enough
         print(f"database {attempt + 1}:", *recipe(zygote, database(), digits_folders, tmp_path / str(attempt),
-                                                  trials=MAX_TRIALS if attempt == 0 else 3))
+                                                  max_trials=MAX_TRIALS if attempt == 0 else 3))
