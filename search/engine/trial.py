@@ -87,8 +87,11 @@ def train(
     """
     replicas = int(strategy.num_replicas_in_sync)
     keras.utils.set_random_seed(seed)
+    # A frozen head sweep on cached features shares one backbone build per process.
+    share = feature_cache is not None and config.fine_tune == "frozen" and start_from is None
     with strategy.scope():
-        model = (build_model or build.build_model)(config, data.num_classes)
+        model = build_model(config, data.num_classes) if build_model else \
+            build.build_model(config, data.num_classes, share_frozen=share)
     if start_from is not None:
         model.load_weights(start_from)
     history = {} if history is None else history
@@ -154,8 +157,8 @@ def _cached_inputs(model: keras.Model, config: TrialConfig, data: ImageData, spl
         return cache.get(key, lambda: features.compute(extractor, data, key, batch))
 
     train_features = entry(split)
-    val = features.feature_batches(entry("val"), data.labels("val"), batch, shuffle=False, seed=0) \
-        if data.has_split("val") else None
+    val = features.feature_batches(entry("val"), data.labels("val"), features.VALIDATION_BATCH, shuffle=False,
+                                   seed=0) if data.has_split("val") else None
     return train_features, val
 
 
