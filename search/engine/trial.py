@@ -141,7 +141,7 @@ def train(
 PROBE, FINE_TUNE = 1.0, 2.0
 
 # What a head trains on: (cached training features, validation batches), or None for the images.
-Inputs = tuple[np.ndarray, tf.data.Dataset | None] | None
+Inputs = tuple[np.ndarray, np.ndarray | None] | None
 
 
 def _backbone_of(model: keras.Model) -> keras.Model:
@@ -157,8 +157,7 @@ def _cached_inputs(model: keras.Model, config: TrialConfig, data: ImageData, spl
         return cache.get(key, lambda: features.compute(extractor, data, key, batch))
 
     train_features = entry(split)
-    val = features.feature_batches(entry("val"), data.labels("val"), features.VALIDATION_BATCH, shuffle=False,
-                                   seed=0) if data.has_split("val") else None
+    val = np.asarray(entry("val")[0], dtype=np.float32) if data.has_split("val") else None
     return train_features, val
 
 

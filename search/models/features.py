@@ -42,9 +42,6 @@ DECODING = "decode_image:bilinear,round,uint8"
 # A worker waits this long for another to finish computing a key it needs.
 LOCK_WAIT_S = 6 * 3600.0
 _KEYWORDS = ("imagenet", "noisy-student", "none")
-# Cached val features go through a head in batches this large: one predict step an epoch,
-# where each step of the images' own batch size costs more in overhead than in arithmetic.
-VALIDATION_BATCH = 2048
 
 
 @dataclasses.dataclass(frozen=True)
