@@ -93,8 +93,11 @@ def train(
     """
     replicas = int(strategy.num_replicas_in_sync)
     keras.utils.set_random_seed(seed)
+    # A frozen head sweep on cached features shares one backbone build per process.
+    share = feature_cache is not None and config.fine_tune == "frozen" and start_from is None
     with strategy.scope():
-        model = (build_model or build.build_model)(config, data.num_classes)
+        model = build_model(config, data.num_classes) if build_model else \
+            build.build_model(config, data.num_classes, share_frozen=share)
     if start_from is not None:
         model.load_weights(start_from)
     history = {} if history is None else history
@@ -144,7 +147,7 @@ def train(
 PROBE, FINE_TUNE = 1.0, 2.0
 
 # What a head trains on: (cached training features, validation batches), or None for the images.
-Inputs = tuple[np.ndarray, tf.data.Dataset | None] | None
+Inputs = tuple[np.ndarray, np.ndarray | None] | None
 
 
 def _backbone_of(model: keras.Model) -> keras.Model:
@@ -160,8 +163,7 @@ def _cached_inputs(model: keras.Model, config: TrialConfig, data: ImageData, spl
         return cache.get(key, lambda: features.compute(extractor, data, key, batch, callbacks=[Interruptible()]))
 
     train_features = entry(split, views)
-    val = features.feature_batches(entry(val_split, 1), data.labels(val_split), batch, shuffle=False, seed=0) \
-        if data.count(val_split) else None
+    val = np.asarray(entry(val_split, 1)[0], dtype=np.float32) if data.count(val_split) else None
     return train_features, val
 
 

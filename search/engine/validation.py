@@ -18,6 +18,8 @@ import tensorflow as tf
 
 from search import metrics
 
+# Inputs given as an array (cached features) are predicted this many at a time.
+ARRAY_BATCH = 2048
 # Per epoch, each class's val accuracy (recall) as `val_class_accuracy_007`.
 PER_CLASS = "val_class_accuracy_"
 
@@ -31,7 +33,7 @@ class ValidationPass(keras.callbacks.Callback):
     EarlyStopping restores nothing, so the latest epoch's probabilities are kept.
     """
 
-    def __init__(self, dataset: tf.data.Dataset, labels: np.ndarray, *, monitor: str, mode: str):
+    def __init__(self, dataset: tf.data.Dataset | np.ndarray, labels: np.ndarray, *, monitor: str, mode: str):
         super().__init__()
         self.dataset, self.labels = dataset, np.asarray(labels)
         self.monitor, self.mode = monitor, mode
@@ -42,7 +44,7 @@ class ValidationPass(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is None:
             return
-        probabilities = np.asarray(self.model.predict(self.dataset, verbose=0), dtype=np.float32)
+        probabilities = self._predict()
         labels = self._labels_for(len(probabilities))
         loss_fn = self.model.loss if callable(self.model.loss) else keras.losses.get(self.model.loss)
         loss = np.mean(keras.ops.convert_to_numpy(loss_fn(labels, probabilities)))  # a function: per image
@@ -59,10 +61,16 @@ class ValidationPass(keras.callbacks.Callback):
         if self.best is None or (current < self.best if self.mode == "min" else current > self.best):
             self.best, self.best_epoch, self.probabilities = float(current), epoch, probabilities
 
+    def _predict(self) -> np.ndarray:
+        if isinstance(self.dataset, np.ndarray):  # cached features: large steps, without predict's per-call set-up
+            return np.concatenate([np.asarray(self.model.predict_on_batch(self.dataset[start:start + ARRAY_BATCH]),
+                                              dtype=np.float32) for start in range(0, len(self.dataset), ARRAY_BATCH)])
+        return np.asarray(self.model.predict(self.dataset, verbose=0), dtype=np.float32)
+
     def _labels_for(self, count: int) -> np.ndarray:
         """The labels in prediction order; read from the dataset when records were dropped
         (an unreadable image in a TFRecord is skipped, not known up front)."""
-        if len(self.labels) != count:
+        if len(self.labels) != count and not isinstance(self.dataset, np.ndarray):
             self.labels = np.concatenate([y for _, y in self.dataset.as_numpy_iterator()])
         return self.labels
 

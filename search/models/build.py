@@ -23,6 +23,8 @@ from search.hparams import FINE_TUNE_MODES, TrialConfig
 from search.models.head import head_layers, pooling_layer
 from search.models.head import head_widths as head_widths  # re-exported: callers import it from here
 from search.models.backbones import BACKBONES, PREPROCESSING, Backbone, with_weights
+from search.models import shared
+from search.models.features import weights_digest
 from search.models.optimizers import OPTIMIZERS
 from search.models.schedules import learning_rate_schedule
 
@@ -169,12 +171,15 @@ def model_name(config: TrialConfig) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"{config.backbone}_{config.image_size}")
 
 
-def build_model(config: TrialConfig, num_classes: int, *, name: str | None = None) -> keras.Model:
+def build_model(config: TrialConfig, num_classes: int, *, name: str | None = None,
+                share_frozen: bool = False) -> keras.Model:
     """Backbone + head for `config`, taking raw (image_size, image_size, 3) pixels in 0..255.
 
     Raises ModelError for an unknown backbone, an image size below the backbone's minimum,
     and weights that are missing, unavailable or do not fit. Give each member of a future
-    ensemble its own `name` (default: `model_name(config)`).
+    ensemble its own `name` (default: `model_name(config)`). `share_frozen`: a frozen
+    backbone with given weights is built once per process and shared (`search.models.shared`);
+    the model must then be saved before the next one is built, and never unfrozen.
     """
     backbone_spec = get_backbone(config.backbone)
     size = int(config.image_size)
@@ -191,7 +196,11 @@ def build_model(config: TrialConfig, num_classes: int, *, name: str | None = Non
             f"{backbone_spec.name}'s ImageNet weights exist for {backbone_spec.imagenet_size} px images only, "
             f"not {size}: use image_size {backbone_spec.imagenet_size}, or weights 'none'."
         )
-    backbone = _construct_backbone(backbone_spec, size, weights, config.weights)
+    if share_frozen and config.fine_tune == "frozen" and weights is not None:
+        key = (backbone_spec.name, weights_digest(config.weights, seed=0), size)
+        backbone = shared.frozen_backbone(key, lambda: _construct_backbone(backbone_spec, size, weights, config.weights))
+    else:
+        backbone = _construct_backbone(backbone_spec, size, weights, config.weights)
     if weights is None:
         _quicken_batchnorm(backbone)
     _set_trainable(backbone, config.fine_tune, config.fine_tune_layers)

@@ -20,7 +20,7 @@ from search.data.dataset import open_data
 from search.declare import Data
 from search.engine import trial
 from search.hparams import TrialConfig
-from search.models import build, features
+from search.models import build, features, shared
 from search.models.features import FeatureCache, FeatureKey
 
 SIZE = 32
@@ -235,3 +235,36 @@ def test_augmented_views_are_cached_once_and_drawn_per_image_each_epoch(digits_s
 
     assert drawn(epochs[0]) == {0, 1, 2}  # each image's view drawn, not one view for all
     assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_cached_trials_of_one_process_share_one_frozen_backbone_and_match_fresh_builds(
+        digits_split_folders, weights, tmp_path):
+    data = open_data(Data(str(digits_split_folders)), runs_dir=tmp_path)
+    cache = FeatureCache(tmp_path / "features")
+    strategy = tf.distribute.get_strategy()
+    shared.forget()
+    first = trial.train(frozen(weights, head_width=16), data, strategy, epochs=1, seed=1, shuffle_seed=1,
+                        feature_cache=cache)
+    first_path = build.save_for_serving(first.model, tmp_path / "first.keras")
+    backbone = trial._backbone_of(first.model)
+    built = [w.copy() for w in backbone.get_weights()]
+    second = trial.train(frozen(weights, head_width=48, dropout=0.3), data, strategy, epochs=1, seed=2,
+                         shuffle_seed=2, feature_cache=cache)
+    assert trial._backbone_of(second.model) is backbone  # built once, shared
+    for got, expected in zip(backbone.get_weights(), built, strict=True):  # and no trial changed it
+        np.testing.assert_array_equal(got, expected)
+
+    # The second trial as a fresh process runs it (its own build): the same head, the same results.
+    shared.forget()
+    fresh = trial.train(frozen(weights, head_width=48, dropout=0.3), data, strategy, epochs=1, seed=2,
+                        shuffle_seed=2, feature_cache=cache)
+    assert trial._backbone_of(fresh.model) is not backbone
+    np.testing.assert_allclose(second.probabilities, fresh.probabilities, atol=1e-6)
+    assert second.history["val_loss"] == pytest.approx(fresh.history["val_loss"], abs=1e-6)
+
+    # Each saved model is whole and predicts raw pixels as its trial did.
+    pixels = val_pixels(data)
+    second_path = build.save_for_serving(second.model, tmp_path / "second.keras")
+    for path, trained in ((first_path, first), (second_path, second)):
+        loaded = keras.models.load_model(path)
+        np.testing.assert_allclose(loaded.predict(pixels, verbose=0), trained.probabilities, atol=ROUNDING)
