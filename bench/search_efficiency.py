@@ -18,11 +18,17 @@ and runs to its trials; an interrupted run resumes where it stopped when run aga
 search already finished is only read). The searches run seed by seed, the five algorithms of
 a seed together, so that a run cut short by `--hours` leaves whole seeds.
 
-Hyperband's trial is not the others' unit: Keras Tuner's Hyperband runs brackets of short
-trials and continues the best (a continued trial is a new trial that trains on from its
-parent's epochs). One iteration of its brackets is 10 trials with `epochs` 5 (6 with the
-quick mode's 3): it runs as many iterations as reach the others' trials. So its curve is also drawn against the epochs spent (the second panel), and the table gives
-both.
+The algorithms run as a search runs them: Optuna's (tpe, cmaes) with the median pruner, the
+search's default, which stops a trial at an epoch where it is below the median of earlier
+trials there (a pruned trial counts as a trial, scored on the epochs it ran; `--pruner none`
+turns it off, in a folder of its own). Keras Tuner's random and bayesian run every trial to
+its epochs.
+
+Hyperband's trial is not the others' unit either: Keras Tuner's Hyperband runs brackets of
+short trials and continues the best (a continued trial is a new trial that trains on from
+its parent's epochs). One iteration of its brackets is 10 trials with `epochs` 5 (6 with the
+quick mode's 3): it runs as many iterations as reach the others' trials. So every curve is
+also drawn against the epochs spent (the second panel), and the table gives both.
 
 It prints the table (median best val accuracy after 10, 20 and 30 trials, the trials and
 epochs each algorithm needs to reach random search's final median best), writes the JSON
@@ -50,7 +56,7 @@ import two_stages  # noqa: E402
 
 SPACE_FILE = Path(__file__).resolve().parent / "spaces" / "digits_heads.py"
 ALGORITHMS = ("random", "tpe", "cmaes", "bayesian", "hyperband")
-ENDED = ("COMPLETED", "FAILED")
+ENDED = ("COMPLETED", "PRUNED", "FAILED")
 WEIGHTS = Path("runs/bench/frozen_heads/MobileNetV2_96_fashion_notop.weights.h5")
 DIGITS = Path("runs/bench/two_stages/digits")
 
@@ -79,8 +85,10 @@ def hyperband_iterations(epochs: int, trials: int) -> int:
     return -(-trials // per_iteration)
 
 
-def run_one(algorithm: str, seed: int, mode: Mode, runs_dir: Path, shared_features: Path) -> dict[str, Any]:
+def run_one(algorithm: str, seed: int, mode: Mode, runs_dir: Path, shared_features: Path,
+            pruner: str = "median") -> dict[str, Any]:
     """Run or resume the (algorithm, seed) search to `mode.trials` trials; its trials in order."""
+    from search.core.algorithms import uses_optuna
     from search.engine.runner import run_search
     from search.space import load_space
 
@@ -95,6 +103,8 @@ def run_one(algorithm: str, seed: int, mode: Mode, runs_dir: Path, shared_featur
         sets = {"weights": str(WEIGHTS.resolve()), "image_size": str(mode.image_size)}
         if algorithm == "hyperband":
             sets["options"] = repr({"hyperband_iterations": hyperband_iterations(mode.epochs, mode.trials)})
+        elif uses_optuna(algorithm) and pruner != "median":
+            sets["options"] = repr({"pruner": pruner})
         space = load_space(SPACE_FILE, algorithm=algorithm, seed=seed, max_trials=mode.trials, epochs=mode.epochs,
                            data_path=str(DIGITS.resolve()), sets=sets)
         with (folder / "search.log").open("a") as log, contextlib.redirect_stdout(log):  # its own lines, kept apart
@@ -232,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, help="seeds 0..N-1 of each algorithm (default 5)")
     p.add_argument("--epochs", type=int, help="epochs of a full trial, hyperband's max_epochs (default 5)")
     p.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    p.add_argument("--pruner", default="median", choices=["median", "none"],
+                   help="the Optuna algorithms' pruner (median: the search's default)")
     p.add_argument("--hours", type=float, help="start no new seed after this long; run again to go on")
     p.add_argument("--report", action="store_true",
                    help="run nothing: the table and plot of the seeds whose searches have all finished")
@@ -255,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         frozen_heads.pretrain(WEIGHTS, "MobileNetV2", 96, 300, 3)
         two_stages.write_digits(DIGITS)
     runs_dir = Path("runs/bench/search_efficiency") / f"{'quick' if args.quick else 'full'}-e{mode.epochs}-{mode.image_size}px"
+    if args.pruner != "median":
+        runs_dir = runs_dir.with_name(f"{runs_dir.name}-pruner-{args.pruner}")
     shared = runs_dir.parent / "features"  # its keys name backbone, weights, size and data: one for every setting
     shared.mkdir(parents=True, exist_ok=True)
     started, runs = time.monotonic(), []
@@ -271,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"note: --hours {args.hours} spent: stopped before seed {seed}; run again to go on", file=sys.stderr)
             break
         for algorithm in algorithms:
-            run = run_one(algorithm, seed, mode, runs_dir, shared)
+            run = run_one(algorithm, seed, mode, runs_dir, shared, args.pruner)
             curve, epochs = best_so_far(run)
             print(f"{algorithm:>9} seed {seed}: {len(curve)} trials, {epochs[-1] if epochs else 0} epochs, best "
                   f"{curve[-1] if curve else 0.0:.4f}, {run['seconds']:.0f}s", flush=True)
