@@ -103,6 +103,7 @@ def run_one(algorithm: str, seed: int, mode: Mode, runs_dir: Path, shared_featur
         sets = {"weights": str(WEIGHTS.resolve()), "image_size": str(mode.image_size)}
         if algorithm == "hyperband":
             sets["options"] = repr({"hyperband_iterations": hyperband_iterations(mode.epochs, mode.trials)})
+            sets["keep_models"] = "all"  # a continued trial starts from its parent's model, best or not
         elif uses_optuna(algorithm) and pruner != "median":
             sets["options"] = repr({"pruner": pruner})
         space = load_space(SPACE_FILE, algorithm=algorithm, seed=seed, max_trials=mode.trials, epochs=mode.epochs,
@@ -216,7 +217,9 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
         for axis, key in ((by_trial, "by_trial"), (by_epoch, "by_epoch")):
             low, median, high = (np.array(v) for v in s[key])
             x = np.arange(1, len(median) + 1)
-            (line,) = axis.plot(x, median, label=algorithm, linewidth=1.5, drawstyle="steps-post")
+            # random, the reference, dashed on top: another curve may run right under it
+            style = {"color": "black", "linestyle": "--", "zorder": 3} if algorithm == "random" else {}
+            (line,) = axis.plot(x, median, label=algorithm, linewidth=1.5, drawstyle="steps-post", **style)
             axis.fill_between(x, low, high, color=line.get_color(), alpha=0.15, linewidth=0, step="post")
     if summary["random_final_median_best"] is not None:
         for axis in (by_trial, by_epoch):
