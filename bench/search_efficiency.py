@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # this checkout's search
 import frozen_heads  # noqa: E402 - bench/ is not a package
 import two_stages  # noqa: E402
 
