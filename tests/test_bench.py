@@ -19,7 +19,7 @@ def _load(name: str):
 
 
 @pytest.mark.parametrize("name", ["overhead", "input_pipeline", "memory", "gpu", "workers", "mistakes", "frozen_heads",
-                                  "two_stages", "cached_views"])
+                                  "two_stages", "cached_views", "search_efficiency"])
 def test_bench_script_loads_and_parses_its_options(name, capsys):
     module = _load(name)
     with pytest.raises(SystemExit) as exit_:
@@ -43,3 +43,26 @@ def test_recycling_gain_compares_the_same_trials_process_by_process():
     one_process = [1000, 1100, 1050, 1200, 1300, 1250, 1400]
     recycled = [1010, 1090, 1050, 1100, 1150, 1150, 1000]  # fresh processes at trials 4 and 7
     assert module.recycling_gain(one_process, recycled, 3) == [0.0, 116.7, 400.0]
+
+
+def test_search_efficiency_reads_trials_to_randoms_final_median_by_trials_and_by_epochs():
+    module = _load("search_efficiency")
+
+    def run(algorithm, seed, accuracies, epochs):
+        return {"algorithm": algorithm, "seed": seed, "trials": [
+            {"status": "FAILED" if a is None else "COMPLETED", "val_accuracy": a, "epochs": e, "seconds": 1.0}
+            for a, e in zip(accuracies, epochs)]}
+
+    runs = [run("random", 0, [0.5, 0.6, 0.7], [4, 4, 4]), run("random", 1, [0.4, 0.8, 0.8], [4, 4, 4]),
+            run("random", 2, [0.6, 0.6, 0.9], [4, 4, 4]),
+            # hyperband: short trials first; one failed trial scores nothing
+            run("hyperband", 0, [0.3, None, 0.8, 0.9], [1, 1, 3, 4]), run("hyperband", 1, [0.8, 0.7], [1, 3])]
+    summary = module.summarize(runs, 3)
+    assert summary["random_final_median_best"] == 0.8
+    random, hyperband = summary["algorithms"]["random"], summary["algorithms"]["hyperband"]
+    assert random["by_trial"][1] == [0.5, 0.6, 0.8]
+    assert random["row"]["trials_to_random_final"] == 3 and random["row"]["epochs_to_random_final"] == 12
+    # seed 1 stopped after 2 trials and keeps its 0.8; seed 0 reaches 0.8 at its third trial, 5 epochs in
+    assert hyperband["by_trial"][1] == [0.55, 0.55, 0.8, 0.85]
+    assert hyperband["row"]["trials_to_random_final"] == 3 and hyperband["row"]["epochs_to_random_final"] == 5
+    assert hyperband["row"]["failed_trials"] == 1 and hyperband["row"]["seeds_reaching_it"] == 2
