@@ -165,6 +165,9 @@ class Search:
             raise SpaceError(f"Search(trials_per_process={self.trials_per_process!r}) must be >= 1 or None.")
         if self.keep_models not in ("all", "best"):
             raise SpaceError(f"Search(keep_models={self.keep_models!r}) must be 'all' or 'best'.")
+        if self.keep_models == "best" and self.algorithm == "hyperband":
+            raise SpaceError("Search(keep_models='best') does not combine with algorithm='hyperband', whose later "
+                             "rounds go on from earlier trials' models: use keep_models='all'.")
         metrics.check_objective(self.objective)
         metrics.check_cost(self.minimize)
         durations.parse(self.time_budget)

@@ -229,6 +229,8 @@ class SpaceTuner(kt.engine.base_tuner.BaseTuner):
         with FolderLock(self.folder.table_lock, doing="updating best.keras and trials.csv", wait=120):
             if result.status == COMPLETED:
                 self._keep_best_model(info, result)
+            elif result.status == PRUNED and self.space.search.keep_models == "best" and result.model_path is not None:
+                result.model_path.unlink(missing_ok=True)  # never best.keras (completed trials only)
             records.write_trials_csv(self.folder, locked=True)
         self.hooks.on_trial_end(self.info, info, result)
 

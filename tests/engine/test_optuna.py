@@ -284,6 +284,26 @@ def test_tpe_search_records_its_trials_in_the_journal(tmp_path, digits_folders):
     assert again.status == COMPLETED and len(study.get_trials()) == 2
 
 
+def test_keep_models_best_keeps_no_pruned_trials_model(tmp_path, digits_folders, monkeypatch):
+    real_report = OptunaSource.report
+    monkeypatch.setattr(OptunaSource, "report", lambda self, trial_id, epoch, logs:
+                        real_report(self, trial_id, epoch, logs) or trial_id == "0001")  # the second trial is pruned
+    space = load_space(TINY, data_path=str(digits_folders), algorithm="tpe", max_trials=2,
+                       sets={"keep_models": "'best'"})
+    outcome = run_search(space, runs_dir=tmp_path, verbose=0, tracking=False)
+    table = outcome.table.assign(trial_id=outcome.table["trial_id"].astype(str).str.zfill(4)).set_index("trial_id")
+    assert table.loc["0001", "status"] == PRUNED
+    assert not (tmp_path / "tiny" / "trials" / "0001" / "model.keras").exists()
+    assert (tmp_path / "tiny" / "trials" / "0000" / "model.keras").is_file()  # the best one
+
+
+def test_keep_models_best_is_refused_with_hyperband_in_one_line():
+    from search.errors import SpaceError
+
+    with pytest.raises(SpaceError, match="keep_models='best'.*hyperband.*use keep_models='all'"):
+        Search(algorithm="hyperband", keep_models="best")
+
+
 def test_multi_objective_search_writes_pareto_table_and_plot(tmp_path, digits_folders):
     space = load_space(TINY, data_path=str(digits_folders), algorithm="nsga2", max_trials=3,
                        sets={"minimize": "'latency_ms'"})
