@@ -16,6 +16,7 @@ import search
 NOTEBOOK = REPO / "docs" / "notebook.ipynb"
 
 
+@pytest.mark.slow  # in CI, the example notebook below runs the same run_space path to a champion
 def test_run_space_returns_the_leaderboard_the_best_models_the_champion_and_the_study(tmp_path, digits_folders):
     result = search.run_space(TINY, data=digits_folders, max_trials=3, runs_dir=tmp_path, tracking=False,
                               sets={"batch_size": 8})

@@ -58,6 +58,7 @@ def test_a_search_stops_at_its_budget_keeps_the_best_epoch_and_promotes(tmp_path
     assert time.monotonic() - started < limit + 60  # start-up, the cut epoch and the promotion on top
 
 
+@pytest.mark.slow  # waits out a 45 s budget; CI keeps the budget test above and the outage tests' no-RUNNING checks
 def test_a_search_stopped_by_its_budget_with_tracking_terminates_every_mlflow_run(tmp_path, digits_folders, capsys,
                                                                                    monkeypatch):
     from mlflow import MlflowClient

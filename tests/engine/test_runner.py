@@ -62,6 +62,7 @@ def test_rerun_of_a_finished_search_runs_nothing_and_keeps_its_champion(searched
     assert "The champion is unchanged" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # three real epochs of MobileNetV2; the demo (make demo) shows the same on every machine
 def test_search_learns_well_above_chance(tmp_path, digits_root):
     outcome = runner.run_search(
         load_space(DIGITS, max_trials=1, epochs=3, data_path=str(digits_root),

@@ -113,6 +113,7 @@ class _StopAfterFirstEpoch(keras.callbacks.Callback):
         self.model.stop_training = True
 
 
+@pytest.mark.slow  # an edge of the two stages; CI runs the halving search below
 def test_a_probe_stopped_by_the_budget_or_a_pruner_is_not_fine_tuned(tmp_path, digits_split_folders, notop_weights):
     import tensorflow as tf
 

@@ -237,6 +237,7 @@ def test_augmented_views_are_cached_once_and_drawn_per_image_each_epoch(digits_s
     assert not np.array_equal(epochs[0], epochs[1])
 
 
+@pytest.mark.slow  # four MobileNetV2 trainings; CI keeps the cached-vs-backbone equivalence above
 def test_cached_trials_of_one_process_share_one_frozen_backbone_and_match_fresh_builds(
         digits_split_folders, weights, tmp_path):
     data = open_data(Data(str(digits_split_folders)), runs_dir=tmp_path)

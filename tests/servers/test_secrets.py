@@ -36,7 +36,7 @@ def leaks(text: str) -> list[str]:
     return [f for f in FRAGMENTS if f in text]
 
 
-@pytest.mark.parametrize("typed", ["encoded", "as typed"])
+@pytest.mark.parametrize("typed", [pytest.param("encoded", marks=pytest.mark.slow), "as typed"])  # CI: the harder one
 def test_an_odd_password_shows_nowhere(zygote, postgres, digits_folders, tmp_path, typed):
     role = "secret_" + typed.replace(" ", "_")
     url = password_role(postgres, role, PASSWORD)
