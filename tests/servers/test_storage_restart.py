@@ -206,4 +206,7 @@ def test_a_worker_asking_and_telling_as_the_database_restarts_finishes_its_searc
     assert not [t for t in trials if t.state == TrialState.RUNNING], states
     finished = [t for t in trials if t.state.is_finished() and not ("lost" in t.user_attrs or t.user_attrs.get("surplus"))]
     ids = [t.user_attrs.get("kt_trial_id") for t in finished]
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 6 and len(ids) == len(set(ids)) == 6, states
+    seen = [(t.number, t.state.name, t.user_attrs.get("kt_trial_id"), sorted(t.user_attrs), t.system_attrs)
+            for t in trials]  # what a failure needs to be understood
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 6 and len(ids) == len(set(ids)) == 6, \
+        (states, seen, ended.output[-3000:])
