@@ -42,14 +42,17 @@ DRIVERS = {
 
 def lost_connection(error: BaseException) -> bool:
     """The database went away for a moment (a restart, a failover, a cut connection): SQLAlchemy's
-    OperationalError or InterfaceError, or Optuna's StorageInternalError wrapping one."""
+    OperationalError or InterfaceError, or Optuna's StorageInternalError wrapping one; or the
+    PendingRollbackError of the next call on a session whose connection was cut mid-transaction
+    (Optuna rolls that session back as the call fails, so the retry starts clean)."""
     import sqlalchemy
 
     seen: BaseException | None = error
     for _ in range(8):
         if seen is None:
             return False
-        if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
+        if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                             sqlalchemy.exc.PendingRollbackError)) or (
                 isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated):
             return True
         if not isinstance(seen, optuna.exceptions.StorageInternalError):

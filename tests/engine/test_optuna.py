@@ -339,7 +339,10 @@ def test_only_a_lost_connection_is_retried_for_long(monkeypatch):
     lost = sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
     wrapped = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
     wrapped.__cause__ = lost
+    pending = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+    pending.__cause__ = sa.exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back.")
     for error, calls in [(lost, 12), (wrapped, 12), (sa.exc.InterfaceError("x", {}, Exception("closed")), 12),
+                         (pending, 12),
                          (sa.exc.IntegrityError("INSERT", {}, Exception("duplicate key")), 1),
                          (optuna.exceptions.StorageInternalError("no cause"), 1), (ValueError("bad value"), 1)]:
         tries = []
