@@ -118,6 +118,25 @@ def held_out_accuracy(model_path: Path, root: Path) -> float:
     return float((model.predict(pixels, verbose=0).argmax(1) == labels).mean())
 
 
+def _transfer_task() -> tuple[Path, Path]:
+    """(the notop MobileNetV2 96 px pretrained on Fashion-MNIST, the digits folder): made once."""
+    work = Path("runs/bench/frozen_heads")
+    weights = frozen_heads.pretrain(work / "MobileNetV2_96_fashion_notop.weights.h5", "MobileNetV2", 96, 300, 3)
+    return weights, write_digits(Path("runs/bench/two_stages/digits"))
+
+
+def _search_arm(tmp: str, template: str, name: str, **fields: object) -> Path:
+    """Write `template` filled with `fields` as a space file, run it as search `name`; its folder."""
+    from search.engine.runner import run_search
+    from search.space import load_space
+
+    space_file = Path(tmp) / f"{name}.py"
+    space_file.write_text(template.format(**fields))
+    space = dataclasses.replace(load_space(space_file), name=name)
+    run_search(space, runs_dir=Path(tmp) / "runs", verbose=0, tracking=False)
+    return Path(tmp) / "runs" / name
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=150.0, help="wall time of each arm's search")
@@ -132,24 +151,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return halving(seconds, seeds, Path(args.out or "runs/bench/two_stages_halving.json"), vars(args))
     args.out = args.out or "runs/bench/two_stages.json"
 
-    from search.engine.runner import run_search
     from search.results.records import load_records
-    from search.space import load_space
 
-    work = Path("runs/bench/frozen_heads")
-    weights = frozen_heads.pretrain(work / "MobileNetV2_96_fashion_notop.weights.h5", "MobileNetV2", 96, 300, 3)
-    root = write_digits(Path("runs/bench/two_stages/digits"))
+    weights, root = _transfer_task()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(seeds):
             for arm, (fine_tune, rate) in ARMS.items():
-                space_file = Path(tmp) / f"{arm}.py"
-                space_file.write_text(SPACE.format(data=str(root.resolve()), seed=seed, seconds=seconds,
-                                                   weights=str(weights.resolve()), fine_tune=fine_tune,
-                                                   learning_rate=rate))
-                space = dataclasses.replace(load_space(space_file), name=f"{arm}-{seed}")
-                run_search(space, runs_dir=Path(tmp) / "runs", verbose=0, tracking=False)
-                (record,) = load_records(Path(tmp) / "runs" / space.name)
+                folder = _search_arm(tmp, SPACE, f"{arm}-{seed}", data=str(root.resolve()), seed=seed,
+                                     seconds=seconds, weights=str(weights.resolve()), fine_tune=fine_tune,
+                                     learning_rate=rate)
+                (record,) = load_records(folder)
                 history = record["history"]
                 result = {"arm": arm, "seed": seed, "best_val_accuracy": record["best"].get("val_accuracy"),
                           "held_out_accuracy": held_out_accuracy(Path(record["model_path"]), root),
@@ -175,24 +187,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def halving(seconds: float, seeds: int, out: Path, settings: dict[str, object]) -> int:
     """Every trial fine-tuned against the best quarter of the probes, at equal wall time."""
-    from search.engine.runner import run_search
     from search.results.records import load_records
     from search.runs.layout import SpaceDir
-    from search.space import load_space
 
-    work = Path("runs/bench/frozen_heads")
-    weights = frozen_heads.pretrain(work / "MobileNetV2_96_fashion_notop.weights.h5", "MobileNetV2", 96, 300, 3)
-    root = write_digits(Path("runs/bench/two_stages/digits"))
+    weights, root = _transfer_task()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(seeds):
             for arm, fraction in HALVING_ARMS.items():
-                space_file = Path(tmp) / f"{arm}.py"
-                space_file.write_text(HALVING_SPACE.format(data=str(root.resolve()), seed=seed, seconds=seconds,
-                                                           weights=str(weights.resolve()), fine_tune_best=fraction))
-                space = dataclasses.replace(load_space(space_file), name=f"{arm}-{seed}")
-                run_search(space, runs_dir=Path(tmp) / "runs", verbose=0, tracking=False)
-                folder = SpaceDir(Path(tmp) / "runs" / space.name)
+                folder = SpaceDir(_search_arm(tmp, HALVING_SPACE, f"{arm}-{seed}", data=str(root.resolve()),
+                                              seed=seed, seconds=seconds, weights=str(weights.resolve()),
+                                              fine_tune_best=fraction))
                 records = load_records(folder)
                 tuned = [r for r in records if 2.0 in (r.get("history") or {}).get("stage", [])]
                 champion = json.loads(folder.best_record.read_text()) if folder.best_record.is_file() else {}
