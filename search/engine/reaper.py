@@ -159,10 +159,12 @@ class Reaper:
             beat = t.user_attrs.get("heartbeat")
             started = t.datetime_start.timestamp() if t.datetime_start else None
             if worker is None and beat is None:
-                # Its worker died between asking for it and saying who it is, milliseconds apart:
-                # no heartbeat will ever come, so its age is all there is to go by.
+                # No worker claimed it: its worker died between asking for it and saying who it
+                # is, milliseconds apart, or the database's answer to the ask was lost and the
+                # ask was retried. No heartbeat will ever come: its age is all there is to go by.
                 if workers.beat_is_stale(started, min(self.grace_period, ORPHAN_AFTER)):
-                    self._fail_and_requeue(t, None, "its worker died as it asked for it")
+                    self._fail_and_requeue(t, None, "no worker claimed it: its worker stopped, or lost the "
+                                                    "database's answer, as it asked for it")
                 continue
             if beat is None:  # its worker died after saying who it is, before its first beat
                 stale = life is False or workers.beat_is_stale(started, self.grace_period)

@@ -229,6 +229,47 @@ def test_a_trial_whose_worker_died_before_saying_who_it_is_is_queued_again_by_it
     oracle.stop_heartbeat()
 
 
+def test_an_ask_cut_after_its_trial_was_created_leaves_an_orphan_that_is_queued_again_and_counted_once(
+        tmp_path, monkeypatch):
+    """The database answers no more after creating an asked trial: the worker's retry asks a
+    new one, and the first is no one's. It is failed by its age and queued again; the retry
+    carries its mark (Optuna copies user attributes) yet is a trial of its own, counted once."""
+    import sqlalchemy
+
+    from search.engine import optuna_storage
+
+    monkeypatch.setattr(optuna_storage, "_nap", lambda seconds: None)
+    search = Search(algorithm="tpe", max_trials=2, options={"heartbeat_interval": 1, "grace_period": 1})
+    oracle = OptunaOracle(search, 0, objective=kt.Objective("val_accuracy", "max"))
+    oracle.open(tmp_path / "fake")
+    oracle.hyperparameters.Float("learning_rate", 1e-4, 1e-2, sampling="log")
+    storage = oracle.study._storage
+    create = storage.create_new_trial
+    cut = []
+
+    def created_then_cut(*args, **kwargs):
+        trial_id = create(*args, **kwargs)
+        if not cut:
+            cut.append(trial_id)
+            raise sqlalchemy.exc.OperationalError("SELECT ...", {}, Exception("server closed the connection"))
+        return trial_id
+
+    monkeypatch.setattr(storage, "create_new_trial", created_then_cut)
+    first = oracle.create_trial("tuner0")
+    assert cut and first.trial_id == "0001"
+    orphan = oracle.study.get_trials()[0]
+    assert orphan.state == TrialState.RUNNING and "worker" not in orphan.user_attrs
+    oracle.end_trial(first)
+    time.sleep(1.2)
+    second = oracle.create_trial("tuner0")  # reaps the orphan, then takes its retry
+    trials = oracle.study.get_trials()
+    assert trials[0].state == TrialState.FAIL and optuna_oracle.lost(trials[0])
+    assert second.trial_id == "0002" and trials[2].system_attrs["failed_trial"] == 0
+    assert optuna_oracle.LOST in trials[2].user_attrs and optuna_oracle.lost(trials[2]) is None
+    assert [t.number for t in optuna_oracle.counted(trials)] == [1, 2]
+    oracle.stop_heartbeat()
+
+
 def test_a_live_worker_is_never_failed_however_late_its_heartbeat(tmp_path):
     from search.liveness import workers
 
