@@ -4,7 +4,8 @@
 
 Runs `python -m search.run` in a fresh process, as a user does, on mistakes caught before
 TensorFlow is imported (a missing --data folder, a data folder of one class, a typo in a
-space file, an unknown algorithm) and prints the median seconds to the exit and its line.
+space file, an unknown backbone in its hyperparameters, an unknown algorithm) and prints
+the median seconds to the exit and its line.
 Writes runs/bench/mistakes.json.
 """
 
@@ -32,10 +33,13 @@ def cases(folder: Path) -> dict[str, list[str]]:
         Image.new("RGB", (8, 8), (i, 0, 0)).save(one_class / f"{i}.png")
     typo = folder / "typo.py"
     typo.write_text(DIGITS.read_text().replace("max_trials=4", "max_trails=4"))
+    backbone = folder / "backbone.py"
+    backbone.write_text(DIGITS.read_text().replace('"MobileNet"]', '"MobileNetV3Smal"]'))
     return {
         "missing --data folder": [str(DIGITS), "--data", str(folder / "nowhere")],
         "data of one class": [str(DIGITS), "--data", str(folder / "one_class")],
         "typo in the space file": [str(typo)],
+        "unknown backbone in hyperparameters()": [str(backbone)],
         "unknown --algorithm": [str(DIGITS), "--algorithm", "tpee"],
     }
 

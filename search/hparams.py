@@ -10,7 +10,7 @@ out takes its default. `TrialConfig` is the resolved set of values for one trial
 that `search.models` and `search.data` ever see. The vocabularies of the names that take
 words live with the code that uses them: backbones and weights in `search.models.backbones`,
 optimizers in `search.models.optimizers`, schedules in `search.models.schedules`,
-augmentation policies in `search.data.augment`.
+augmentation policies in `search.data.policies` (their layers in `search.data.augment`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from search.core.values import lossless
-from search.data.augment import POLICIES
+from search.data.policies import DESCRIPTIONS as POLICIES
 from search.errors import SpaceError, did_you_mean
 from search.models.backbones import BACKBONES, WEIGHTS
 from search.models.optimizers import OPTIMIZERS

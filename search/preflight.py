@@ -1,8 +1,9 @@
 """Mistakes a search is refused for before it does any work: one line, exit 2, nothing written.
 
 `check_command` runs first, before TensorFlow is imported (importing it takes tens of
-seconds): the space file's own settings with the options applied, and the data's layout (no
-such path, no class folders, an empty class, a single class). `check_services` runs once the
+seconds): the space file's own settings with the options applied, its hyperparameters
+(`search.declared`), and the data's layout (no such path, no class folders, an empty class,
+a single class). `check_services` runs once the
 space is loaded: the Optuna storage and the tracking server must connect and accept this
 user, or the search would stop at its first write with a data cache and a runs folder made.
 """
@@ -18,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from search import declared
 from search.data import locate
 from search.declare import Data, Search
 from search.errors import SearchError, SpaceError
@@ -26,7 +28,7 @@ from search.spacefile import run_file
 
 
 def check_command(space_file: str, *, data_path: str | None, sets: dict[str, str], time_budget: str | None,
-                  **options: Any) -> None:
+                  smoke: bool = False, **options: Any) -> None:
     """SpaceError or DataError for a space file, options or data that cannot make a search.
     `options`: the Search settings given on the command line (max_trials, epochs, algorithm, seed)."""
     path = Path(space_file)
@@ -49,6 +51,10 @@ def check_command(space_file: str, *, data_path: str | None, sets: dict[str, str
         raise SpaceError(f"{path}: Search(fine_tune_best={search.fine_tune_best!r}) ranks trials on a probe of a "
                          "cached backbone, and this space builds its own model (build_model): drop fine_tune_best, "
                          "or declare a backbone instead of build_model.")
+    declare = getattr(module, "hyperparameters", None)
+    if callable(declare):  # load_space says when it is missing
+        pinned = set(sets) | ({"weights", "image_size"} if smoke else set())
+        declared.check(path, declare, own_model=callable(getattr(module, "build_model", None)), skip=pinned)
     data_fields = {f.name for f in dataclasses.fields(Data)}
     if data_fields.isdisjoint(sets):  # a Data setting given with --set is applied by load_space, then checked
         locate.check_layout(data, data_path)

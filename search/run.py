@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("the following arguments are required: space")
     try:
         preflight.check_command(args.space, data_path=args.data, sets=parse_sets(args.set), time_budget=args.time_budget,
+                                smoke=args.smoke,
                                 max_trials=args.max_trials, epochs=args.epochs, algorithm=args.algorithm, seed=args.seed)
         if args.workers is not None:
             from search.engine.launcher import launch

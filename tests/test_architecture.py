@@ -127,7 +127,7 @@ LAYERS = (
     ("declare", "spacefile"),  # what a space file writes, and running one
     ("runs", "liveness", "compat"),  # the runs folder; which workers live (locks name their holder); compat
     ("data",),
-    ("models", "hparams", "space"),  # a trial's model and the hyperparameters that define it
+    ("models", "hparams", "space", "declared"),  # a trial's model and the hyperparameters that define it
     ("results",),  # records, tables, fronts, plots
     ("tracking",),  # MLflow and TensorBoard
     ("engine",),  # the search loop, its sources and trials

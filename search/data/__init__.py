@@ -9,4 +9,5 @@
 - `builtin`: `builtin:digits` and `builtin:fashion-mnist`, the offline datasets.
 - `pipeline`: the first epoch decodes into memory, later ones read it.
 - `augment`: the augmentation policies (`POLICIES`) and their test-time views.
+- `policies`: their names and meanings, light enough to check a space before TensorFlow.
 """

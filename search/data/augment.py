@@ -1,7 +1,7 @@
 """Augmentation policies, as Keras preprocessing layers, and the test-time views of each.
 
 `POLICIES` is the vocabulary a space's `augmentation` takes; adding a policy is one entry
-(and, if Keras has no layer for it, the layer) here. They run in the input pipeline on
+here and its name in `search.data.policies` (and, if Keras has no layer for it, the layer). They run in the input pipeline on
 float batches of raw 0..255 pixels, after batching and after the images kept in memory are
 read, so every epoch sees fresh draws of them. Each policy also lists the deterministic
 views of an image that test-time augmentation averages over (`tta_views`): the image
@@ -18,6 +18,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from search.data.policies import DESCRIPTIONS
 from search.errors import DataError, did_you_mean
 
 
@@ -299,12 +300,11 @@ def _flowers(image_size: int, seed: int | None) -> list[keras.layers.Layer]:
 
 
 POLICIES: dict[str, Policy] = {policy.name: policy for policy in (
-    Policy("none", "no augmentation", lambda image_size, seed: [], _none_views),
-    Policy("faces", "the report's Level 2: rotation 10 degrees, zoom and shifts 10%, horizontal flips (one warp)",
-           _faces, _faces_views),
-    Policy("flowers", "the report's Level 1: upscale and random crop, rot90 and transpose, flips both ways",
-           _flowers, _flowers_views),
+    Policy("none", DESCRIPTIONS["none"], lambda image_size, seed: [], _none_views),
+    Policy("faces", DESCRIPTIONS["faces"], _faces, _faces_views),
+    Policy("flowers", DESCRIPTIONS["flowers"], _flowers, _flowers_views),
 )}
+assert list(POLICIES) == list(DESCRIPTIONS), "a policy is named in search.data.policies and built here"
 
 
 def tta_views(policy: str, image_size: int) -> list[View]:

@@ -5,6 +5,7 @@ anything is written."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -50,17 +51,44 @@ def typo_in_space(root: Path, digits: Path) -> Path:
     return digits
 
 
+def space_with(old: str, new: str) -> Callable[[Path, Path], Path]:
+    """The digits space with one line of its hyperparameters changed, written as typo.py."""
+    def write(root: Path, digits: Path) -> Path:
+        text = DIGITS.read_text()
+        assert old in text
+        (root.parent / "typo.py").write_text(text.replace(old, new))
+        return digits
+    return write
+
+
+SPACE_MISTAKES = {
+    "typo in space": typo_in_space,
+    "typo in hyperparameters": space_with('hp.Choice("batch_size"', 'hp.Choise("batch_size"'),
+    "name typo in hyperparameters": space_with("hp.Fixed(\"image_size\", 32)", "hp.Fixed(\"image_size\", size)"),
+    "unknown backbone": space_with('"MobileNet"]', '"MobileNetV3Smal"]'),
+    "impossible range": space_with("hp.Float(\"dropout\", 0.1, 0.3", "hp.Float(\"dropout\", 0.3, 0.1"),
+    "value out of range": space_with("[128, 256]", "[128, 0]"),
+}
+
+
 @pytest.mark.parametrize(("case", "space", "says"), [
     ("missing folder", DIGITS, "data path {data} does not exist: pass the dataset's folder or .zip with --data PATH."),
     ("one class", DIGITS, "{data} holds one class ('three'); a classifier needs at least 2: add a folder of images "
                           "for each class ({data}/<class>/<image>)."),
     ("empty class", DIGITS, "class folder(s) {data}/five hold no images ("),
     ("typo in space", "typo.py", "typo.py, line 12: TypeError: Search.__init__() got an unexpected keyword argument 'max_trails'"),
+    ("typo in hyperparameters", "typo.py", "typo.py, line 19: AttributeError: 'HyperParameters' object has no attribute "
+                                           "'Choise'. Did you mean 'Choice'?"),
+    ("name typo in hyperparameters", "typo.py", "typo.py, line 18: NameError: name 'size' is not defined"),
+    ("unknown backbone", "typo.py", "typo.py: hyperparameter 'backbone': 'MobileNetV3Smal' is not a known backbone."),
+    ("impossible range", "typo.py", "typo.py, line 21: For HyperParameters.Float(name='dropout'), min_value 0.3 is "
+                                    "greater than the max_value 0.1."),
+    ("value out of range", "typo.py", "typo.py: hyperparameter 'head_width': "),
 ])
 def test_a_mistake_is_one_line_before_tensorflow_is_imported_and_nothing_is_written(
         tmp_path, digits_folders, case, space, says):
     data = {"missing folder": lambda root, _: root / "nowhere", "one class": one_class, "empty class": empty_class,
-            "typo in space": typo_in_space}[case](tmp_path / "data", digits_folders)
+            **SPACE_MISTAKES}[case](tmp_path / "data", digits_folders)
     runs = tmp_path / "runs"
     done = without_tensorflow(space, "--data", data, "--runs-dir", runs, cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-3000:]
