@@ -3,12 +3,15 @@
     python bench/search_efficiency.py                      # 30 trials x 5 seeds x 5 algorithms, 5 epochs
     python bench/search_efficiency.py --quick              # 6 trials x 2 seeds, 3 epochs at 32 px (minutes)
     python bench/search_efficiency.py --hours 1            # start no seed after an hour; run it again to go on
-    python bench/search_efficiency.py --report             # the table and plot of the seeds finished so far
+    python bench/search_efficiency.py --report             # the table and plot of the searches finished so far
 
 The space is `bench/spaces/digits_heads.py`: handwritten digits (60% train, 20% val) through a
 frozen MobileNetV2 pretrained on Fashion-MNIST (a notop weights file made here once, as
-bench/two_stages.py does), only the head searched: width 128-8192 (log), dropout 0.2-0.5,
-optimizer, learning rate 1e-5 to 1e-1 (log). Every trial trains its head on cached features,
+bench/two_stages.py does), only the head searched: width 32-1024 (log), dropout 0.2-0.5,
+optimizer, learning rate 1e-5 to 1e-1 (log). The widths are narrower than the report's
+128-8192 so that 750 trials take about an hour on a 2-core CPU (a trial's head training grows
+with its width); what separates good from bad configurations here is mostly the optimizer and
+learning rate, which keep the report's ranges. Every trial trains its head on cached features,
 and every search of a run shares one feature cache (each search's `features/` is a link to
 one folder), so the backbone's pass over the data is paid once and what is measured is the
 search.
@@ -128,6 +131,15 @@ def read_one(folder: Path) -> list[dict[str, Any]]:
              "epochs": r["epochs_run"], "seconds": r["seconds"], "values": r["values"]} for r in records]
 
 
+def finished(done: dict[tuple[str, int], list[dict[str, Any]]], trials: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Of the (algorithm, seed) searches' trials in `done`: the runs of those that reached `trials`,
+    and the ones started but not finished, named with their progress."""
+    runs = [{"algorithm": a, "seed": seed, "trials": ended, "seconds": None}
+            for (a, seed), ended in done.items() if len(ended) >= trials]
+    unfinished = [f"{a} seed {seed} ({len(ended)}/{trials})" for (a, seed), ended in done.items() if 0 < len(ended) < trials]
+    return runs, unfinished
+
+
 def best_so_far(run: dict[str, Any]) -> tuple[list[float], list[int]]:
     """After each trial: the best val accuracy so far (a failed trial scores 0), the epochs spent."""
     best, spent, curve, epochs = 0.0, 0, [], []
@@ -238,6 +250,23 @@ def plot(summary: dict[str, Any], path: Path, title: str) -> None:
     plt.close(figure)
 
 
+def run_seeds(mode: Mode, algorithms: list[str], runs_dir: Path, shared: Path, pruner: str,
+              hours: float | None) -> list[dict[str, Any]]:
+    """Run or resume each seed's searches, the algorithms of a seed together; no seed starts after `hours`."""
+    started, runs = time.monotonic(), []
+    for seed in range(mode.seeds):
+        if hours is not None and time.monotonic() - started > hours * 3600:
+            print(f"note: --hours {hours} spent: stopped before seed {seed}; run again to go on", file=sys.stderr)
+            break
+        for algorithm in algorithms:
+            run = run_one(algorithm, seed, mode, runs_dir, shared, pruner)
+            curve, epochs = best_so_far(run)
+            print(f"{algorithm:>9} seed {seed}: {len(curve)} trials, {epochs[-1] if epochs else 0} epochs, best "
+                  f"{curve[-1] if curve else 0.0:.4f}, {run['seconds']:.0f}s", flush=True)
+            runs.append(run)
+    return runs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="6 trials x 2 seeds, 3 epochs at 32 px")
@@ -249,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="the Optuna algorithms' pruner (median: the search's default)")
     p.add_argument("--hours", type=float, help="start no new seed after this long; run again to go on")
     p.add_argument("--report", action="store_true",
-                   help="run nothing: the table and plot of the seeds whose searches have all finished")
+                   help="run nothing: the table and plot of the searches finished so far, seed by seed")
     p.add_argument("--out", default=None, help="the JSON (default runs/bench/search_efficiency[_quick].json)")
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL
@@ -274,33 +303,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs_dir = runs_dir.with_name(f"{runs_dir.name}-pruner-{args.pruner}")
     shared = runs_dir.parent / "features"  # its keys name backbone, weights, size and data: one for every setting
     shared.mkdir(parents=True, exist_ok=True)
-    started, runs = time.monotonic(), []
-    for seed in range(mode.seeds):
-        if args.report:
-            done = {a: read_one(runs_dir / f"{a}-seed{seed}") for a in algorithms}
-            if all(len(trials) >= mode.trials for trials in done.values()):
-                runs += [{"algorithm": a, "seed": seed, "trials": trials, "seconds": None} for a, trials in done.items()]
-            elif any(done.values()):
-                print(f"note: seed {seed} left out, not finished: "
-                      f"{', '.join(f'{a} {len(t)}/{mode.trials}' for a, t in done.items())}", file=sys.stderr)
-            continue
-        if args.hours is not None and time.monotonic() - started > args.hours * 3600:
-            print(f"note: --hours {args.hours} spent: stopped before seed {seed}; run again to go on", file=sys.stderr)
-            break
-        for algorithm in algorithms:
-            run = run_one(algorithm, seed, mode, runs_dir, shared, args.pruner)
-            curve, epochs = best_so_far(run)
-            print(f"{algorithm:>9} seed {seed}: {len(curve)} trials, {epochs[-1] if epochs else 0} epochs, best "
-                  f"{curve[-1] if curve else 0.0:.4f}, {run['seconds']:.0f}s", flush=True)
-            runs.append(run)
+    if args.report:
+        runs, unfinished = finished({(a, seed): read_one(runs_dir / f"{a}-seed{seed}")
+                                     for seed in range(mode.seeds) for a in algorithms}, mode.trials)
+        if unfinished:
+            print(f"note: left out, not finished: {', '.join(unfinished)}", file=sys.stderr)
+    else:
+        runs = run_seeds(mode, algorithms, runs_dir, shared, args.pruner, args.hours)
     if not runs:
-        print(f"error: no seed of {runs_dir} has finished all its searches; run without --report", file=sys.stderr)
+        print(f"error: no search of {runs_dir} has finished its trials; run without --report", file=sys.stderr)
         return 1
     summary = summarize(runs, mode.trials)
     seeds = sorted({r["seed"] for r in runs})
+    per_algorithm = sorted({s["row"]["seeds"] for s in summary["algorithms"].values()})
+    counted = f"{per_algorithm[0]}" if len(per_algorithm) == 1 else f"{per_algorithm[0]}-{per_algorithm[-1]}"
     title = (f"digits heads on a frozen MobileNetV2 (Fashion-MNIST notop, {mode.image_size} px): "
-             f"{mode.trials} trials x {len(seeds)} seeds, {mode.epochs} epochs")
-    print(f"\n{title}; random's final median best {summary['random_final_median_best']:.4f}:")
+             f"{mode.trials} trials x {counted} seeds, {mode.epochs} epochs")
+    target = summary["random_final_median_best"]
+    print(f"\n{title}; random's final median best {'none (no random search finished)' if target is None else f'{target:.4f}'}:")
     print(table(summary))
     out = Path(args.out or f"runs/bench/search_efficiency{'_quick' if args.quick else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -66,3 +66,14 @@ def test_search_efficiency_reads_trials_to_randoms_final_median_by_trials_and_by
     assert hyperband["by_trial"][1] == [0.55, 0.55, 0.8, 0.85]
     assert hyperband["row"]["trials_to_random_final"] == 3 and hyperband["row"]["epochs_to_random_final"] == 5
     assert hyperband["row"]["failed_trials"] == 1 and hyperband["row"]["seeds_reaching_it"] == 2
+
+
+def test_search_efficiency_report_keeps_each_finished_search_of_a_seed_cut_short():
+    module = _load("search_efficiency")
+    trial = {"status": "COMPLETED", "val_accuracy": 0.5, "epochs": 5, "seconds": 1.0}
+    done = {("random", 0): [trial] * 3, ("tpe", 0): [trial] * 3, ("random", 1): [trial] * 3,
+            ("tpe", 1): [trial] * 2, ("random", 2): []}
+    runs, unfinished = module.finished(done, 3)
+    assert [(r["algorithm"], r["seed"]) for r in runs] == [("random", 0), ("tpe", 0), ("random", 1)]
+    assert unfinished == ["tpe seed 1 (2/3)"]
+    assert module.summarize(runs, 3)["algorithms"]["random"]["row"]["seeds"] == 2

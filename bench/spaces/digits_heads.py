@@ -18,7 +18,7 @@ def hyperparameters(hp):
     hp.Fixed("image_size", 96)
     hp.Fixed("fine_tune", "frozen")
     hp.Fixed("batch_size", 32)
-    hp.Int("head_width", 128, 8192, sampling="log")
+    hp.Int("head_width", 32, 1024, sampling="log")
     hp.Float("dropout", 0.2, 0.5)
     hp.Choice("optimizer", ["adam", "rmsprop", "sgd"])
     hp.Float("learning_rate", 1e-5, 1e-1, sampling="log")
