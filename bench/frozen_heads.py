@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+PRETRAIN_PER_CLASS = 300  # the first train images of each class, left to quick mode's pretraining
 SPACE = '''
 from search import Data, Search
 
@@ -159,6 +160,12 @@ def arm_summary(records: list[dict[str, Any]], seconds: float) -> dict[str, Any]
             "values": [r["values"] for r in records]}
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="MobileNetV2 at 96 px on 2,500 images (CI-sized)")
@@ -168,8 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="turns the two arms take")
     p.add_argument("--weights", help="the backbone's weights: imagenet, a notop file, or random (a file of random "
                                      "weights saved here); default: imagenet, in quick mode pretrained here")
-    p.add_argument("--per-class", type=int, help="train images a class (default: the mode's)")
-    p.add_argument("--val-per-class", type=int, help="val images a class (default: the mode's)")
+    p.add_argument("--per-class", type=positive, help="train images a class (default: the mode's)")
+    p.add_argument("--val-per-class", type=positive, help="val images a class (default: the mode's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench/frozen_heads.json")
     args = p.parse_args(argv)
@@ -181,18 +188,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not FASHION.is_dir():
         print(f"error: {FASHION} is missing: apt-get install dataset-fashion-mnist", file=sys.stderr)
         return 2
+    if mode.train_per_class > 6000 - PRETRAIN_PER_CLASS or mode.val_per_class > 1000:
+        print(f"error: Fashion-MNIST has {6000 - PRETRAIN_PER_CLASS} train images a class for the sweep and 1000 "
+              f"val: lower --per-class or --val-per-class", file=sys.stderr)
+        return 2
 
     work = Path("runs/bench/frozen_heads")
-    pretrain_per_class = 300
     if args.weights == "random":
         weights = str(random_weights(work / f"{mode.backbone}_{mode.size}_random{args.seed}_notop.weights.h5",
                                      mode.backbone, mode.size, args.seed).resolve())
     else:
         weights = args.weights or ("imagenet" if not args.quick else str(pretrain(
             work / f"{mode.backbone}_{mode.size}_fashion_notop.weights.h5", mode.backbone, mode.size,
-            pretrain_per_class, 3).resolve()))
+            PRETRAIN_PER_CLASS, 3).resolve()))
     data = write_folders(work / f"fashion-{mode.train_per_class}-{mode.val_per_class}", mode.train_per_class,
-                         mode.val_per_class, skip=pretrain_per_class)
+                         mode.val_per_class, skip=PRETRAIN_PER_CLASS)
 
     from search.results.records import load_records
 

@@ -66,3 +66,16 @@ def test_search_efficiency_reads_trials_to_randoms_final_median_by_trials_and_by
     assert hyperband["by_trial"][1] == [0.55, 0.55, 0.8, 0.85]
     assert hyperband["row"]["trials_to_random_final"] == 3 and hyperband["row"]["epochs_to_random_final"] == 5
     assert hyperband["row"]["failed_trials"] == 1 and hyperband["row"]["seeds_reaching_it"] == 2
+
+
+@pytest.mark.parametrize("option", [["--per-class", "0"], ["--val-per-class", "-3"], ["--val-per-class", "1001"]])
+def test_frozen_heads_refuses_an_image_count_it_cannot_use(option, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    module = _load("frozen_heads")
+    try:
+        code = module.main([*option, "--out", str(tmp_path / "out.json")])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    assert option[0] in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before writing any data
