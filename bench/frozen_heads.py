@@ -1,7 +1,8 @@
 """Frozen heads: a head sweep on a frozen backbone, with the feature cache against without it.
 
     python bench/frozen_heads.py --quick      # MobileNetV2 at 96 px, a few thousand Fashion-MNIST images
-    python bench/frozen_heads.py              # DenseNet201 at 224 px (--weights: imagenet, or a notop file)
+    python bench/frozen_heads.py              # DenseNet201 at 224 px (--weights: imagenet, a notop file, or random)
+    python bench/frozen_heads.py --weights random --per-class 40 --val-per-class 10 --uncached-trials 1 --rounds 1
 
 Both arms run the same search (`random`, the same seed, so the same 30 configurations of
 head width, dropout, optimizer and learning rate) through `search.run`'s engine with MLflow
@@ -14,7 +15,9 @@ best val accuracy is compared on the trials both arms ran (the same configuratio
 
 Quick mode's backbone has no ImageNet weights offline: it is pretrained here for a few epochs
 on other Fashion-MNIST images (not those of the sweep) and saved as a notop weights file,
-once, under runs/bench/frozen_heads/.
+once, under runs/bench/frozen_heads/. Offline, the full mode's `--weights random` saves a
+DenseNet201 of random weights (seed `--seed`) as a notop file there, once: both arms and every
+trial then load the same backbone and share its features, which carry little of the classes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
+PRETRAIN_PER_CLASS = 300  # the first train images of each class, left to quick mode's pretraining
 SPACE = '''
 from search import Data, Search
 
@@ -119,6 +123,21 @@ def pretrain(path: Path, backbone: str, size: int, per_class: int, epochs: int) 
     return path
 
 
+def random_weights(path: Path, backbone: str, size: int, seed: int) -> Path:
+    """A notop weights file of `backbone` with the random weights of `seed`."""
+    if path.is_file():
+        return path
+    import keras
+
+    from search.models import build
+
+    keras.utils.set_random_seed(seed)
+    headless = build.construct_headless(build.get_backbone(backbone), (size, size, 3), None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    headless.save_weights(path)
+    return path
+
+
 def run_arm(space_file: Path, runs_dir: Path, name: str, trials: int, cached: bool) -> float:
     """Resume arm `name` up to `trials` finished trials; the wall seconds it took."""
     from search.engine.runner import run_search
@@ -141,6 +160,12 @@ def arm_summary(records: list[dict[str, Any]], seconds: float) -> dict[str, Any]
             "values": [r["values"] for r in records]}
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="MobileNetV2 at 96 px on 2,500 images (CI-sized)")
@@ -148,23 +173,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--uncached-trials", type=int, default=None, help="trials of the uncached arm (default: --trials)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default 15)")
     p.add_argument("--rounds", type=int, default=5, help="turns the two arms take")
-    p.add_argument("--weights", help="the backbone's weights (full mode: imagenet; quick: pretrained here)")
+    p.add_argument("--weights", help="the backbone's weights: imagenet, a notop file, or random (a file of random "
+                                     "weights saved here); default: imagenet, in quick mode pretrained here")
+    p.add_argument("--per-class", type=positive, help="train images a class (default: the mode's)")
+    p.add_argument("--val-per-class", type=positive, help="val images a class (default: the mode's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench/frozen_heads.json")
     args = p.parse_args(argv)
     mode = QUICK if args.quick else FULL
+    mode = mode._replace(train_per_class=args.per_class or mode.train_per_class,
+                         val_per_class=args.val_per_class or mode.val_per_class)
     epochs = args.epochs or mode.epochs
     uncached_trials = min(args.uncached_trials or args.trials, args.trials)
     if not FASHION.is_dir():
         print(f"error: {FASHION} is missing: apt-get install dataset-fashion-mnist", file=sys.stderr)
         return 2
+    if mode.train_per_class > 6000 - PRETRAIN_PER_CLASS or mode.val_per_class > 1000:
+        print(f"error: Fashion-MNIST has {6000 - PRETRAIN_PER_CLASS} train images a class for the sweep and 1000 "
+              f"val: lower --per-class or --val-per-class", file=sys.stderr)
+        return 2
 
     work = Path("runs/bench/frozen_heads")
-    pretrain_per_class = 300
-    weights = args.weights or ("imagenet" if not args.quick else str(pretrain(
-        work / f"{mode.backbone}_{mode.size}_fashion_notop.weights.h5", mode.backbone, mode.size, pretrain_per_class, 3).resolve()))
+    if args.weights == "random":
+        weights = str(random_weights(work / f"{mode.backbone}_{mode.size}_random{args.seed}_notop.weights.h5",
+                                     mode.backbone, mode.size, args.seed).resolve())
+    else:
+        weights = args.weights or ("imagenet" if not args.quick else str(pretrain(
+            work / f"{mode.backbone}_{mode.size}_fashion_notop.weights.h5", mode.backbone, mode.size,
+            PRETRAIN_PER_CLASS, 3).resolve()))
     data = write_folders(work / f"fashion-{mode.train_per_class}-{mode.val_per_class}", mode.train_per_class,
-                         mode.val_per_class, skip=pretrain_per_class)
+                         mode.val_per_class, skip=PRETRAIN_PER_CLASS)
 
     from search.results.records import load_records
 

@@ -77,3 +77,16 @@ def test_search_efficiency_report_keeps_each_finished_search_of_a_seed_cut_short
     assert [(r["algorithm"], r["seed"]) for r in runs] == [("random", 0), ("tpe", 0), ("random", 1)]
     assert unfinished == ["tpe seed 1 (2/3)"]
     assert module.summarize(runs, 3)["algorithms"]["random"]["row"]["seeds"] == 2
+
+
+@pytest.mark.parametrize("option", [["--per-class", "0"], ["--val-per-class", "-3"], ["--val-per-class", "1001"]])
+def test_frozen_heads_refuses_an_image_count_it_cannot_use(option, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    module = _load("frozen_heads")
+    try:
+        code = module.main([*option, "--out", str(tmp_path / "out.json")])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    assert option[0] in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before writing any data
