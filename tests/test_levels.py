@@ -125,6 +125,7 @@ def test_flowers_smoke_on_petals_records(petals: Path, no_tracking: Path) -> Non
     assert np.load(runs / "flowers" / "trials" / "0" / "val_probabilities.npy").shape == (20, 104)
 
 
+@pytest.mark.slow  # in CI, tests/data extracts a zip of this layout and test_celeb_gives_resnet50_the_reports_head builds its model
 def test_celeb_smoke_on_the_celebrity_zip_layout(digits_zip: Path, no_tracking: Path) -> None:
     runs = no_tracking / "runs"
     code = run.main([CELEB, "--smoke", "--data", str(digits_zip), "--runs-dir", str(runs), "--quiet",
