@@ -106,8 +106,7 @@ def pretrain(path: Path, backbone: str, size: int, per_class: int, epochs: int) 
     picked = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
     x = np.repeat(images[picked][..., None], 3, axis=-1).astype("float32")
     x = keras.ops.convert_to_numpy(keras.ops.image.resize(x, (size, size))) / 127.5 - 1.0
-    keras.utils.set_random_seed(0)
-    headless = build.construct_headless(build.get_backbone(backbone), (size, size, 3), None)
+    headless = fresh_backbone(backbone, size, seed=0)
     for layer in build.all_layers(headless):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.9  # from scratch: statistics that keep up with a short training
@@ -123,18 +122,21 @@ def pretrain(path: Path, backbone: str, size: int, per_class: int, epochs: int) 
     return path
 
 
-def random_weights(path: Path, backbone: str, size: int, seed: int) -> Path:
-    """A notop weights file of `backbone` with the random weights of `seed`."""
-    if path.is_file():
-        return path
+def fresh_backbone(backbone: str, size: int, seed: int) -> Any:
+    """`backbone` without its top, for `size` px, with the random weights of `seed`."""
     import keras
 
     from search.models import build
 
     keras.utils.set_random_seed(seed)
-    headless = build.construct_headless(build.get_backbone(backbone), (size, size, 3), None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    headless.save_weights(path)
+    return build.construct_headless(build.get_backbone(backbone), (size, size, 3), None)
+
+
+def random_weights(path: Path, backbone: str, size: int, seed: int) -> Path:
+    """A notop weights file of `backbone` with the random weights of `seed`."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh_backbone(backbone, size, seed).save_weights(path)
     return path
 
 

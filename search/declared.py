@@ -111,10 +111,9 @@ def check(path: Path, declare: Any, *, own_model: bool, skip: Iterable[str] = ()
         raise SpaceError(f"{path}, line {line_in(path, e)}: {type(e).__name__}: {e}") from None
     skipped = set(skip)
     for name, candidates in declared.candidates.items():
-        if name in skipped or (own_model and name not in hparams.NAMES):
+        if name in skipped:
             continue
         try:
-            for value in candidates:
-                hparams.check_value(name, hparams.coerce(name, value))
+            hparams.check_declared(name, candidates, own_model=own_model)
         except SpaceError as e:
             raise SpaceError(f"{path}: {e}") from None

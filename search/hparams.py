@@ -16,7 +16,7 @@ augmentation policies in `search.data.policies` (their layers in `search.data.au
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +170,12 @@ def check_value(name: str, value: Any) -> None:
     problem = CHECKS[name](value)
     if problem:
         raise SpaceError(f"hyperparameter {name!r}: {problem}")
+
+
+def check_declared(name: str, values: Iterable[Any], *, own_model: bool = False) -> None:
+    """Raise SpaceError when a value a space declares for `name` is not one it takes. A space
+    with its own model (`build_model`) gives meaning to names that are not built in."""
+    if own_model and name not in NAMES:
+        return
+    for value in values:
+        check_value(name, coerce(name, value))

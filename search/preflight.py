@@ -3,9 +3,9 @@
 `check_command` runs first, before TensorFlow is imported (importing it takes tens of
 seconds): the space file's own settings with the options applied, its hyperparameters
 (`search.declared`), and the data's layout (no such path, no class folders, an empty class,
-a single class). `check_services` runs once the
-space is loaded: the Optuna storage and the tracking server must connect and accept this
-user, or the search would stop at its first write with a data cache and a runs folder made.
+a single class). `check_services` runs once the space is loaded: the Optuna storage and the
+tracking server must connect and accept this user, or the search would stop at its first
+write with a data cache and a runs folder made.
 """
 
 from __future__ import annotations

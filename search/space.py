@@ -301,11 +301,8 @@ def _values(param: Any) -> list[Any]:
 def _validate_hyperparameters(space: Space) -> None:
     hp = _declared(space)
     for param in hp.space:
-        if space.build_fn is not None and param.name not in hparams.NAMES:
-            continue  # a hyperparameter of the user's own model: build_model gives it meaning
         try:
-            for value in candidate_values(hp, param.name):
-                hparams.check_value(param.name, hparams.coerce(param.name, value))
+            hparams.check_declared(param.name, candidate_values(hp, param.name), own_model=space.build_fn is not None)
         except SpaceError as e:
             pinned = " (fixed by --set)" if param.name in space.fixed else ""
             raise SpaceError(f"{space.path}: {e}{pinned}") from None

@@ -83,7 +83,7 @@ SPACE_MISTAKES = {
     ("unknown backbone", "typo.py", "typo.py: hyperparameter 'backbone': 'MobileNetV3Smal' is not a known backbone."),
     ("impossible range", "typo.py", "typo.py, line 21: For HyperParameters.Float(name='dropout'), min_value 0.3 is "
                                     "greater than the max_value 0.1."),
-    ("value out of range", "typo.py", "typo.py: hyperparameter 'head_width': "),
+    ("value out of range", "typo.py", "typo.py: hyperparameter 'head_width': must be in [1, 65536], got 0"),
 ])
 def test_a_mistake_is_one_line_before_tensorflow_is_imported_and_nothing_is_written(
         tmp_path, digits_folders, case, space, says):
