@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import io
 import os
 import random
+import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +28,22 @@ DIGITS = REPO / "spaces" / "digits.py"
 TINY = REPO / "tests" / "spaces" / "tiny.py"
 
 PER_CLASS = 20
+# The backbone of the notop weights file below, and of the tests that load it.
+NOTOP_BACKBONE = "MobileNet"
 
 
 # `make test` runs the tests on two pytest-xdist workers (--dist loadgroup). The tests that
 # share one costly session fixture go to one worker, so that it is made once.
 SHARED_FIXTURES = ("searched", "mlflow_server")
+# Files of tests that take tens of seconds each, longest first. The workers take tests in
+# collection order, one at a time (shared groups before all): these go first, so that the run
+# does not end with one worker alone on a long test while the other has nothing left to do.
+LONG_FIRST = (
+    "servers/test_tracking_outage.py", "servers/test_storage_restart.py",
+    "engine/test_staged.py", "engine/test_launcher.py", "test_api.py", "faults/test_crashes.py",
+    "test_own_model.py", "results/test_own_hyperparameters.py", "servers/test_stalled_workers.py",
+    "faults/test_disk_full.py", "faults/test_concurrency.py", "servers/test_secrets.py",
+)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -39,6 +52,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for name in SHARED_FIXTURES:
             if name in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(name))
+    rank = {REPO / "tests" / path: index for index, path in enumerate(LONG_FIRST)}
+    if missing := [str(path) for path in rank if not path.is_file()]:
+        raise pytest.UsageError(f"LONG_FIRST in tests/conftest.py names no such file: {', '.join(missing)}")
+    items.sort(key=lambda item: rank.get(item.path, len(LONG_FIRST)))  # stable: the rest keep their order
 
 
 def made_once(tmp_path_factory: pytest.TempPathFactory, fixture: str) -> None:
@@ -122,31 +139,52 @@ def digits_split_folders(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]) -> Path:
+    """The folder `name` made by `make(folder)` once for the whole run: the first xdist worker
+    to ask makes it under a lock, the others wait for it and share it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    shared = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
+    folder, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # left half made by a worker that failed
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def notop_weights(digits_split_folders: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A MobileNetV2 weights file without its top for 32 px, trained a little on the digits (a
-    random one's inference-mode features are all zero), as the report's Level 2 loads a notop file."""
-    import keras
+    """A weights file of NOTOP_BACKBONE without its top for 32 px, trained a little on the digits
+    so that its features say something, as the report's Level 2 loads a notop file; made once
+    per run. MobileNet: of the backbones, the fewest layers to trace, so the fewest seconds."""
 
-    from search.data.dataset import open_data
-    from search.declare import Data
-    from search.models import build
+    def make(folder: Path) -> None:
+        import keras
 
-    keras.utils.set_random_seed(3)
-    backbone = build.construct_headless(build.get_backbone("MobileNetV2"), (32, 32, 3), None)
-    for layer in build.all_layers(backbone):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.5  # statistics that follow a few steps of training
-    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(backbone.output))
-    model = keras.Model(backbone.input, outputs)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    folder = tmp_path_factory.mktemp("notop")
-    data = open_data(Data(str(digits_split_folders)), runs_dir=folder / "runs")
-    model.fit(data.dataset("train", 32, 16, shuffle=True, seed=1).map(lambda x, y: (x / 127.5 - 1.0, y)),
-              epochs=2, verbose=0)
-    path = folder / "mobilenetv2_notop.weights.h5"
-    backbone.save_weights(path)
-    return path
+        from search.data.dataset import open_data
+        from search.declare import Data
+        from search.models import build
+
+        keras.utils.set_random_seed(3)
+        backbone = build.construct_headless(build.get_backbone(NOTOP_BACKBONE), (32, 32, 3), None)
+        for layer in build.all_layers(backbone):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.5  # statistics that follow a few steps of training
+        outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.GlobalAveragePooling2D()(backbone.output))
+        model = keras.Model(backbone.input, outputs)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+        data = open_data(Data(str(digits_split_folders)), runs_dir=folder / "runs")
+        model.fit(data.dataset("train", 32, 16, shuffle=True, seed=1).map(lambda x, y: (x / 127.5 - 1.0, y)),
+                  epochs=2, verbose=0)
+        backbone.save_weights(folder / "mobilenet_notop.weights.h5")
+
+    return once_per_run(tmp_path_factory, "notop", make) / "mobilenet_notop.weights.h5"
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import NOTOP_BACKBONE
 from mlflow import MlflowClient
 
 from search import run
@@ -26,7 +27,7 @@ search = Search(algorithm="random", max_trials=2, epochs=3, seed=1)
 
 
 def hyperparameters(hp):
-    hp.Fixed("backbone", "MobileNetV2")
+    hp.Fixed("backbone", "MobileNet")
     hp.Fixed("weights", {weights!r})
     hp.Fixed("image_size", 32)
     hp.Fixed("fine_tune", "probe_then_all")
@@ -122,7 +123,7 @@ def test_a_probe_stopped_by_the_budget_or_a_pruner_is_not_fine_tuned(tmp_path, d
     from search.models.features import FeatureCache
 
     data = open_data(Data(str(digits_split_folders)), runs_dir=tmp_path)
-    config = TrialConfig(backbone="MobileNetV2", weights=str(notop_weights), image_size=32, fine_tune="probe_then_all",
+    config = TrialConfig(backbone=NOTOP_BACKBONE, weights=str(notop_weights), image_size=32, fine_tune="probe_then_all",
                          probe_epochs=2, head_width=16)
     cache = FeatureCache(tmp_path / "features")
     stopped = trial.train(config, data, tf.distribute.get_strategy(), epochs=4, seed=0, shuffle_seed=0,
@@ -143,7 +144,7 @@ def test_impossible_cache_settings_are_refused_naming_the_setting(setting):
         Search(**setting)
 
 
-HALVING = SPACE.replace('max_trials=2, epochs=3, seed=1', 'max_trials=3, epochs=2, seed=1, fine_tune_best=0.5, min_probes=1') + '''
+HALVING = SPACE.replace('max_trials=2, epochs=3, seed=1', 'max_trials=3, epochs=2, seed=2, fine_tune_best=0.5, min_probes=1') + '''
 
 def callbacks(hp):
     import os

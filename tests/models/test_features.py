@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO
+from conftest import NOTOP_BACKBONE, REPO
 
 from search.data.dataset import open_data
 from search.declare import Data
@@ -38,7 +38,7 @@ def weights(notop_weights: Path) -> Path:
 
 
 def frozen(weights: Path | str, **overrides) -> TrialConfig:
-    values = dict(backbone="MobileNetV2", weights=str(weights), fine_tune="frozen", image_size=SIZE, batch_size=16,
+    values = dict(backbone=NOTOP_BACKBONE, weights=str(weights), fine_tune="frozen", image_size=SIZE, batch_size=16,
                   head_width=32, dropout=0.2, learning_rate=1e-3)
     values.update(overrides)
     return TrialConfig(**values)
@@ -132,7 +132,7 @@ def test_keys_differ_by_everything_features_depend_on(digits_split_folders, weig
             digest(base, seed=9), digest(base, views=2)}  # views only count with an augmentation
     assert len(same) == 1
     others = [digest(base, "val"), digest(frozen(weights, image_size=48)), digest(frozen(weights, pooling="max")),
-              digest(frozen(weights, backbone="MobileNet")), digest(frozen(weights, augmentation="flowers")),
+              digest(frozen(weights, backbone="MobileNetV2")), digest(frozen(weights, augmentation="flowers")),
               digest(frozen(weights, augmentation="flowers"), views=2),
               digest(frozen("none")), digest(frozen("none"), seed=1)]
     assert len({*others, *same}) == len(others) + 1
@@ -176,7 +176,7 @@ WORKER = textwrap.dedent("""
 
     root, weights, folder, barrier, me = sys.argv[1:6]
     data = open_data(Data(root), runs_dir=Path(folder).parent / f"runs-{me}")
-    config = TrialConfig(backbone="MobileNetV2", weights=weights, fine_tune="frozen", image_size=32)
+    config = TrialConfig(backbone="MobileNet", weights=weights, fine_tune="frozen", image_size=32)
     model = build.build_model(config, data.num_classes)
     key = features.key_for(config, data, "train", views=1, seed=0)
     cache = features.FeatureCache(Path(folder))
@@ -209,7 +209,7 @@ def test_two_workers_share_one_build_of_a_key(digits_split_folders, weights, tmp
         reports.append(json.loads(out.strip().splitlines()[-1]))
     assert sorted(r["computed"] for r in reports) == [0, 1]  # one built it, the other waited and read it
     assert sorted(r["hits"] for r in reports) == [0, 1]
-    assert reports[0]["shape"] == reports[1]["shape"] == [1, 140, 1280]
+    assert reports[0]["shape"] == reports[1]["shape"] == [1, 140, 1024]
     assert len(list((tmp_path / "features").glob("*.npy"))) == 1
 
 
@@ -220,7 +220,7 @@ def test_augmented_views_are_cached_once_and_drawn_per_image_each_epoch(digits_s
     key = features.key_for(config, data, "train", views=3, seed=0)
     views = FeatureCache(tmp_path / "features").get(
         key, lambda: features.compute(features_of(model, config), data, key, 32))
-    assert views.shape == (3, 140, 1280)
+    assert views.shape == (3, 140, 1024)
     plain = features.compute(features_of(model, config), data,
                              features.key_for(frozen(weights), data, "train", views=1, seed=0), 32)
     np.testing.assert_array_equal(views[0], plain[0])  # view 0 is the plain image
@@ -237,7 +237,7 @@ def test_augmented_views_are_cached_once_and_drawn_per_image_each_epoch(digits_s
     assert not np.array_equal(epochs[0], epochs[1])
 
 
-@pytest.mark.slow  # four MobileNetV2 trainings; CI keeps the cached-vs-backbone equivalence above
+@pytest.mark.slow  # four backbone trainings; CI keeps the cached-vs-backbone equivalence above
 def test_cached_trials_of_one_process_share_one_frozen_backbone_and_match_fresh_builds(
         digits_split_folders, weights, tmp_path):
     data = open_data(Data(str(digits_split_folders)), runs_dir=tmp_path)
