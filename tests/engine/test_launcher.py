@@ -174,6 +174,9 @@ def test_every_search_run_option_passes_through_workers_unchanged(tmp_path):
             launcher.check(parser.parse_args([str(space), flag, "--workers", "2"]))
 
 
+# In CI, test_every_search_run_option_passes_through_workers_unchanged passes each option written before
+# the space to the workers, and test_three_workers_share_one_study_and_promote_one_champion_from_all runs them.
+@pytest.mark.slow
 def test_a_time_budget_before_the_space_starts_the_workers(tmp_path, digits_folders):
     done = cli("run", "--time-budget", "2h", str(TINY), "--algorithm", "tpe", "--workers", "2", "--max-trials", "2",
                "--data", str(digits_folders), "--runs-dir", str(tmp_path), "--quiet", "--no-tracking", "--no-ensemble")

@@ -358,10 +358,10 @@ def test_no_tracking_reaches_the_ensemble_promoted_after_the_search(tmp_path, mo
     assert promoted == [False, True]
 
 
-def test_search_continues_in_a_fresh_process_after_trials_per_process(tmp_path, digits_folders):
-    done = cli("run", str(TINY), "--data", str(digits_folders), "--max-trials", "3", "--set", "trials_per_process=2",
-               "--runs-dir", str(tmp_path), "--quiet", "--no-ensemble")
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_search_continues_in_a_fresh_process_after_trials_per_process(zygote, tmp_path, digits_folders):
+    done = zygote.run("run", TINY, "--data", digits_folders, "--max-trials", "3", "--set", "trials_per_process=2",
+                      "--runs-dir", tmp_path, "--quiet", "--no-ensemble")
+    assert done.code == 0, done.stderr[-3000:]
     assert done.stdout.count("continuing in a fresh one") == 1
     assert "Resuming: 2 trial(s) already recorded" in done.stdout
     table = pd.read_csv(tmp_path / "tiny" / "trials.csv")

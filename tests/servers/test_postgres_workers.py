@@ -7,6 +7,7 @@ import collections
 from pathlib import Path
 
 import optuna
+import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
@@ -53,6 +54,9 @@ def recipe(zygote: Zygote, url: str, digits: Path, root: Path, workers: int = 3,
             f"trials per worker {per_worker}; one promotion"]
 
 
+# In CI, test_machines.py and test_tracking_outage.py each start three workers at the same instant
+# on a fresh, empty PostgreSQL database; this test does it three times over.
+@pytest.mark.slow
 def test_three_workers_started_at_once_on_three_empty_databases(zygote, database, digits_folders, tmp_path):
     for attempt in range(3):  # the race is at the start: after the first, a trial per worker is enough
         print(f"database {attempt + 1}:", *recipe(zygote, database(), digits_folders, tmp_path / str(attempt),

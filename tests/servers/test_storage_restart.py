@@ -172,6 +172,10 @@ def test_the_database_restarted_as_workers_start_and_as_they_train(zygote, clust
           f"running trial seen: {beats.oldest:.1f} s (grace {GRACE:.0f} s)")
 
 
+# In CI, tests/servers/test_storage_retries.py cuts each storage call of a worker (ask, report, tell,
+# reading the study) on a real PostgreSQL, before and after its write, and the test above restarts the
+# database as workers start and train; this one restarts it eight seconds in every eleven for a search.
+@pytest.mark.slow
 def test_a_worker_asking_and_telling_as_the_database_restarts_finishes_its_search(zygote, cluster, digits_folders,
                                                                                    tmp_path):
     """Outages longer than a few retries, while the worker asks for trials, reports epochs and
