@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from conftest import TINY
 
 from search.declare import Search
-from search.engine import optuna_oracle
+from search.engine import optuna_oracle, reaper
 from search.core.hooks import TrialResult
 from search.core.status import COMPLETED, PRUNED
 from search.engine.optuna_oracle import OptunaOracle, suggest
@@ -302,6 +302,35 @@ def test_a_trial_recorded_before_its_worker_died_is_told_its_result_not_run_agai
     assert told.state == TrialState.COMPLETE and told.value == 0.75
     assert oracle.recovered == [0]
 
+
+
+def test_a_recorded_trial_told_by_its_own_worker_as_it_is_reaped_is_counted_once(tmp_path, monkeypatch):
+    """A worker writes its record a moment before it tells the study: a worker that reaps the
+    trial in between, and whose tell comes second, leaves it to the first and goes on."""
+    search = Search(algorithm="tpe", max_trials=2)
+    oracle = OptunaOracle(search, 0, objective=kt.Objective("val_accuracy", "max"))
+    oracle.open(tmp_path / "fake")
+    slow = oracle.study.ask()
+    _foreign(slow, time.time() - 3600)  # on another machine, its heartbeat late: only the record says it ended
+    record = tmp_path / "fake" / "trials" / "0000" / "result.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"trial_id": "0000", "status": COMPLETED, "best": {"val_accuracy": 0.75}}))
+    slow.set_user_attr("kt_trial_id", "0000")
+    own_worker = optuna.load_study(study_name=oracle.study.study_name, storage=journal(tmp_path / "fake" / "optuna.journal"))
+    real_tell = reaper.tell
+
+    def told_first(study, number, values=None, state=None):
+        own_worker.tell(number, [0.75])  # the trial's own worker tells it between the reaper's read and tell
+        return real_tell(study, number, values, state)
+
+    monkeypatch.setattr(reaper, "tell", told_first)
+    oracle.reap()
+    (told,) = oracle.study.get_trials()
+    assert told.state == TrialState.COMPLETE and told.value == 0.75
+    assert oracle.recovered == []  # its own worker accounts for it
+    monkeypatch.setattr(reaper, "tell", real_tell)
+    oracle.reap()
+    assert len(oracle.study.get_trials()) == 1 and oracle.recovered == []
 
 # Real searches on digits ----------------------------------------------------------------
 def test_tpe_search_records_its_trials_in_the_journal(tmp_path, digits_folders):
