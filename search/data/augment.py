@@ -3,9 +3,10 @@
 `POLICIES` is the vocabulary a space's `augmentation` takes; adding a policy is one entry
 here and its name in `search.data.policies` (and, if Keras has no layer for it, the layer).
 They run in the input pipeline on float batches of raw 0..255 pixels, after batching and
-after the images kept in memory are read, so every epoch sees fresh draws of them. Each policy also lists the deterministic
-views of an image that test-time augmentation averages over (`tta_views`): the image
-itself, then the flips, turns and zooms its training draws were made of, most typical first.
+after the images kept in memory are read, so every epoch sees fresh draws of them. Each
+policy also lists the deterministic views of an image that test-time augmentation averages
+over (`tta_views`): the image itself, then the flips, turns and zooms its training draws
+were made of, most typical first.
 """
 
 from __future__ import annotations

@@ -102,7 +102,9 @@ def _say_reconnecting(state: tenacity.RetryCallState) -> None:
 def tell(study: optuna.Study, trial: optuna.Trial | int, values: list[float] | None = None,
          state: optuna.trial.TrialState | None = None) -> None:
     """`study.tell`, retried on a lost connection. A tell whose answer was lost may have been
-    written: when a retry finds the trial already finished in the state told, it is done."""
+    written: when a retry finds the trial already finished in the state told, it is done.
+    A trial another process ended first raises `UpdateFinishedTrialError`, whichever error
+    Optuna gave (it says `ValueError` when its copy of the study already shows the end)."""
     number = trial if isinstance(trial, int) else trial.number
     expected = state or optuna.trial.TrialState.COMPLETE
     tried = False
@@ -112,8 +114,12 @@ def tell(study: optuna.Study, trial: optuna.Trial | int, values: list[float] | N
         try:
             study.tell(trial, values, state=state)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
-            if tried and any(t.number == number and t.state == expected for t in study.get_trials(deepcopy=False)):
+            now = next((t.state for t in study.get_trials(deepcopy=False) if t.number == number), None)
+            if tried and now == expected:
                 return
+            if now is not None and now.is_finished():
+                raise optuna.exceptions.UpdateFinishedTrialError(
+                    f"Optuna trial {number} was ended ({now.name}) by another process before this tell") from None
             raise
         finally:
             tried = True

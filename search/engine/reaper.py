@@ -82,9 +82,6 @@ class Reaper:
     def _trials(self) -> list[optuna.trial.FrozenTrial]:
         return self._storage_call(lambda: self.study.get_trials(deepcopy=False))
 
-    def _state(self, number: int) -> TrialState:
-        return next(t.state for t in self._trials() if t.number == number)
-
     def _record(self, trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
         from search.results.records import read_record
 
@@ -117,13 +114,10 @@ class Reaper:
                     tell(self.study, trial.number, state=TrialState.FAIL)
                 else:
                     tell(self.study, trial.number, values)
-            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-                # Ended since it was read (Optuna raises either, as its copy of the study is
-                # fresh or not): by its own worker, which writes the record a moment before it
-                # tells, or by another worker reaping it too. That one accounts for it; a FAIL
-                # whose record has a result is told as a trial of its own by a later reap.
-                if self._state(trial.number) == TrialState.RUNNING:
-                    raise
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Ended since it was read: by its own worker, which writes the record a moment
+                # before it tells, or by another worker reaping it too. That one accounts for it;
+                # a FAIL whose record has a result is told as a trial of its own by a later reap.
                 return
         elif values is not None:  # already failed by another worker: add its result as a trial of its own
             self._storage_call(lambda: self.study.add_trial(optuna.trial.create_trial(

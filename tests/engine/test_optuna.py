@@ -303,7 +303,6 @@ def test_a_trial_recorded_before_its_worker_died_is_told_its_result_not_run_agai
     assert oracle.recovered == [0]
 
 
-
 def test_a_recorded_trial_told_by_its_own_worker_as_it_is_reaped_is_counted_once(tmp_path, monkeypatch):
     """A worker writes its record a moment before it tells the study: a worker that reaps the
     trial in between, and whose tell comes second, leaves it to the first and goes on."""
@@ -331,6 +330,28 @@ def test_a_recorded_trial_told_by_its_own_worker_as_it_is_reaped_is_counted_once
     monkeypatch.setattr(reaper, "tell", real_tell)
     oracle.reap()
     assert len(oracle.study.get_trials()) == 1 and oracle.recovered == []
+
+
+
+def test_a_tell_of_a_trial_another_process_ended_says_so_in_one_error(tmp_path):
+    """Optuna raises ValueError or UpdateFinishedTrialError as its copy of the study is fresh or
+    not; every caller of `tell` (a worker's own end, a reaper) is handed the second."""
+    from search.engine.optuna_storage import tell
+
+    study = optuna.create_study(study_name="s", storage=journal(tmp_path / "j"))
+    other = optuna.load_study(study_name="s", storage=journal(tmp_path / "j"))
+    for fresh in (True, False):
+        trial = study.ask()
+        if fresh:
+            study.get_trials()  # this copy reads the end before it tells
+        other.tell(trial.number, [0.5])
+        if fresh:
+            study.get_trials()
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError, match=f"trial {trial.number} was ended"):
+            tell(study, trial.number, [0.7])
+    with pytest.raises(Exception) as raised:  # a mistake of the caller's own is not taken for another's end
+        tell(study, 99, [0.1])
+    assert not isinstance(raised.value, optuna.exceptions.UpdateFinishedTrialError), raised.value
 
 # Real searches on digits ----------------------------------------------------------------
 def test_tpe_search_records_its_trials_in_the_journal(tmp_path, digits_folders):
